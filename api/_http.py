@@ -1,0 +1,88 @@
+"""What every function shares: a Flask app whose every error is JSON, and request helpers.
+
+Files starting with `_` are not deployed as functions by Vercel; this one is imported by them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from lib.auth import identify
+from lib.bootstrap import Services, services
+from lib.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("agent.api")
+
+
+def create_app(name: str) -> Flask:
+    app = Flask(name)
+    app.config["SERVICES"] = None  # None: built from the environment; tests put their own here
+
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        body = {"error": {"code": code, "message": error.description or error.name}}
+        response = json_response(body, error.code or 500)
+        if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(ServiceError("internal error"))
+
+    return app
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def error_response(error: ServiceError) -> Response:
+    response = json_response(error.to_json(), error.status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def services_for_request() -> Services:
+    return current_app.config["SERVICES"] or services()
+
+
+def current() -> tuple[Services, str]:
+    """The services and the authenticated caller's user id (Unauthorized if none)."""
+    svc = services_for_request()
+    return svc, identify(request.headers, svc.settings)
+
+
+def json_body(max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object, or a 413/415/400 error saying what is wrong."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send Content-Type: application/json")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body

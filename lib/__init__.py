@@ -1,0 +1,1 @@
+"""Service code for the agent-sessions deployment: no Flask, no `api/` imports."""

@@ -1,0 +1,171 @@
+"""Every setting, read from the environment and validated in one place.
+
+`Settings.from_env()` raises `ConfigError` naming the variable at fault; the README documents
+each variable. Nothing else in `lib/` reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib.errors import ConfigError
+
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+DEV_HASH_KEY = "dev-only-user-hash-key"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What the operator lets the agent do; clients cannot change it."""
+
+    model: str | None = None
+    system_prompt: str | None = None
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
+    permission_mode: str = "default"
+    max_turns: int = 8
+
+    def to_job(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "allowed_tools": list(self.allowed_tools),
+            "disallowed_tools": list(self.disallowed_tools),
+            "permission_mode": self.permission_mode,
+            "max_turns": self.max_turns,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    redis_token: str = field(repr=False)
+    auth_mode: str = "jwt"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: int = 30
+    user_hash_key: str = field(default=DEV_HASH_KEY, repr=False)
+    key_prefix: str = "agent"
+    redis_timeout: float = 5.0
+    sandbox_backend: str = "local"
+    sandbox_name_prefix: str = "agent-"
+    data_dir: Path = Path(".data")
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    agent: AgentOptions = AgentOptions()
+    max_prompt_chars: int = 32_000
+    max_body_bytes: int = 256 * 1024
+    turn_timeout: int = 240
+    function_max_duration: int = 300
+
+    @property
+    def lock_ttl_ms(self) -> int:
+        """The turn lock outlives the function by a minute, so a killed function's lock expires."""
+        return (self.function_max_duration + 60) * 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        read = _Reader(env)
+        redis_url = read.first("UPSTASH_REDIS_REST_URL", "KV_REST_API_URL")
+        redis_token = read.first("UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_TOKEN")
+        auth_mode = read.choice("AUTH_MODE", ("jwt", "dev"), "jwt")
+        if auth_mode == "dev" and env.get("VERCEL_ENV") in ("production", "preview"):
+            raise ConfigError(
+                "AUTH_MODE=dev trusts the X-User-Id header and is for local use only; "
+                f"it is refused when VERCEL_ENV={env['VERCEL_ENV']}"
+            )
+        jwt_secret = read.text("AUTH_JWT_SECRET")
+        if auth_mode == "jwt" and not jwt_secret:
+            raise ConfigError("AUTH_JWT_SECRET is required when AUTH_MODE=jwt (the default)")
+        if jwt_secret is not None and len(jwt_secret) < 32:
+            raise ConfigError("AUTH_JWT_SECRET must be at least 32 characters (HS256 key)")
+        user_hash_key = read.text("USER_HASH_SECRET") or jwt_secret
+        if user_hash_key is None:
+            user_hash_key = DEV_HASH_KEY
+        if not (read.text("ANTHROPIC_API_KEY") or read.text("ANTHROPIC_BASE_URL")):
+            raise ConfigError(
+                "ANTHROPIC_API_KEY must be set (or ANTHROPIC_BASE_URL, for a compatible model server)"
+            )
+        settings = cls(
+            redis_url=redis_url.rstrip("/"),
+            redis_token=redis_token,
+            auth_mode=auth_mode,
+            jwt_secret=jwt_secret,
+            jwt_audience=read.text("AUTH_JWT_AUDIENCE"),
+            jwt_issuer=read.text("AUTH_JWT_ISSUER"),
+            jwt_leeway=read.integer("AUTH_JWT_LEEWAY", 30, minimum=0),
+            user_hash_key=user_hash_key,
+            key_prefix=read.text("KEY_PREFIX") or "agent",
+            redis_timeout=read.number("REDIS_TIMEOUT", 5.0, minimum=0.1),
+            sandbox_backend=read.choice("SANDBOX_BACKEND", ("local",), "local"),
+            sandbox_name_prefix=read.text("SANDBOX_NAME_PREFIX") or "agent-",
+            data_dir=Path(read.text("DATA_DIR") or ".data").absolute(),
+            anthropic_api_key=read.text("ANTHROPIC_API_KEY"),
+            anthropic_base_url=read.text("ANTHROPIC_BASE_URL"),
+            agent=AgentOptions(
+                model=read.text("AGENT_MODEL"),
+                system_prompt=read.text("AGENT_SYSTEM_PROMPT"),
+                allowed_tools=read.names("AGENT_ALLOWED_TOOLS"),
+                disallowed_tools=read.names("AGENT_DISALLOWED_TOOLS"),
+                permission_mode=read.choice("AGENT_PERMISSION_MODE", PERMISSION_MODES, "default"),
+                max_turns=read.integer("AGENT_MAX_TURNS", 8, minimum=1),
+            ),
+            max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
+            max_body_bytes=read.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),
+            function_max_duration=read.integer("FUNCTION_MAX_DURATION", 300, minimum=10),
+        )
+        if settings.turn_timeout >= settings.function_max_duration:
+            raise ConfigError(
+                f"TURN_TIMEOUT ({settings.turn_timeout}) must be below FUNCTION_MAX_DURATION "
+                f"({settings.function_max_duration}) so a turn can save before the function is killed"
+            )
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def first(self, *names: str) -> str:
+        for name in names:
+            if value := self.text(name):
+                return value
+        raise ConfigError(f"{' or '.join(names)} must be set")
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.text(name) or default
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        return int(self._parsed(name, default, int, minimum))
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        return float(self._parsed(name, default, float, minimum))
+
+    def _parsed(self, name: str, default: float, kind: type, minimum: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a {kind.__name__}; got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}; got {raw!r}")
+        return value
+
+    def names(self, name: str) -> tuple[str, ...]:
+        raw = self.text(name) or ""
+        return tuple(part.strip() for part in raw.split(",") if part.strip())

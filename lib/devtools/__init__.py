@@ -1,0 +1,1 @@
+"""Local stand-ins (Upstash REST server, offline model, dev server): never deployed."""

@@ -1,0 +1,104 @@
+"""The local dev server: every `api/` function at its Vercel path, `public/` as static files,
+and embedded stand-ins for whatever cloud service is not configured.
+
+    python -m lib.devtools.dev_server        (what ./scripts/dev runs)
+
+- No UPSTASH_REDIS_REST_URL / KV_REST_API_URL: an embedded Upstash REST server, over fakeredis,
+  or over the real Redis at REDIS_URL (then state outlives a restart).
+- No ANTHROPIC_API_KEY and no ANTHROPIC_BASE_URL: the offline model (not Claude), said loudly.
+- AUTH_MODE defaults to `dev` here (X-User-Id header); set AUTH_MODE=jwt to test tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from werkzeug.middleware.shared_data import SharedDataMiddleware
+from werkzeug.serving import run_simple
+
+from lib.devtools.serving import serve_in_background
+
+ROOT = Path(__file__).resolve().parents[2]
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+def discover_functions(root: Path = ROOT) -> dict[str, WSGIApp]:
+    """Vercel's rule: each api/**/*.py not starting with `_` is a function at its file path."""
+    functions = {}
+    for path in sorted((root / "api").rglob("*.py")):
+        relative = path.relative_to(root).with_suffix("")
+        if any(part.startswith("_") for part in relative.parts):
+            continue
+        module = importlib.import_module(".".join(relative.parts))
+        functions["/" + "/".join(relative.parts)] = module.app
+    return functions
+
+
+def _not_found(environ: dict, start_response: Callable) -> list[bytes]:
+    body = b'{"error": {"code": "not_found", "message": "no such path"}}'
+    start_response("404 Not Found", [("Content-Type", "application/json"),
+                                     ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class DevServer:
+    """The WSGI app: route to a function by path prefix, else a file of public/, else 404."""
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.functions = discover_functions(root)
+        self.static = SharedDataMiddleware(_not_found, {"/": str(root / "public")})
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        path = environ.get("PATH_INFO", "/")
+        for route, app in self.functions.items():
+            if path == route or path.startswith(route + "/"):
+                return app(environ, start_response)
+        if path == "/":
+            environ = {**environ, "PATH_INFO": "/index.html"}
+        return self.static(environ, start_response)
+
+
+def start_stand_ins(env: dict[str, str]) -> list[str]:
+    """Start what is not configured and point `env` at it; return what was started."""
+    started = []
+    if not (env.get("UPSTASH_REDIS_REST_URL") or env.get("KV_REST_API_URL")):
+        from lib.devtools.upstash_server import DEV_TOKEN, UpstashRestServer
+
+        redis_url = env.get("REDIS_URL") or None
+        server = serve_in_background(UpstashRestServer(redis_url, DEV_TOKEN))
+        env["UPSTASH_REDIS_REST_URL"], env["UPSTASH_REDIS_REST_TOKEN"] = server.url, DEV_TOKEN
+        started.append(f"Upstash REST stand-in at {server.url} over "
+                       f"{'Redis at ' + redis_url if redis_url else 'fakeredis (in memory)'}")
+    if not (env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_BASE_URL")):
+        from lib.devtools.model_server import OfflineModel
+
+        delay = float(env.get("OFFLINE_MODEL_DELAY") or 0.03)
+        server = serve_in_background(OfflineModel(delay))
+        env["ANTHROPIC_BASE_URL"] = server.url
+        started.append(f"OFFLINE MODEL at {server.url}: replies are canned, not Claude "
+                       "(set ANTHROPIC_API_KEY for the real model)")
+    env.setdefault("AUTH_MODE", "dev")
+    return started
+
+
+def main() -> None:
+    for line in start_stand_ins(os.environ):  # type: ignore[arg-type]
+        print(f"dev: {line}", flush=True)
+    from lib.config import Settings
+
+    settings = Settings.from_env()  # fail now, with the variable's name, not on first request
+    app = DevServer()
+    port = int(os.environ.get("PORT") or 3000)
+    print(f"dev: serving {', '.join(app.functions)} and public/ on http://127.0.0.1:{port} "
+          f"(AUTH_MODE={settings.auth_mode}, DATA_DIR={settings.data_dir})", flush=True)
+    sys.stdout.flush()
+    run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""What a turn reports as it runs, in order: deltas and tool activity, then one TurnDone or
+one TurnFailed. `streaming.py` encodes these for the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolActivity:
+    kind: str  # "tool_use" or "tool_result"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not an error (e.g. memory could not be kept)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    session_id: str
+    text: str
+    turn: int
+    usage: dict[str, float] = field(default_factory=dict)
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    error: ServiceError
+
+
+TurnEvent = TextDelta | ToolActivity | Notice | TurnDone | TurnFailed

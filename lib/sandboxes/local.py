@@ -1,0 +1,137 @@
+"""Sandboxes as folders: `$DATA_DIR/sandboxes/<name>/` with its own HOME (and so its own
+Claude config dir) and a fixed work dir; commands run as subprocesses of this machine.
+
+This isolates state, not security: a local sandbox can read your disk. It exists so the whole
+flow runs offline; production runs on Vercel Sandbox. The runner gets only the environment the
+service passes (plus PATH), never this process's secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from lib.sandboxes import Attachment, SandboxInfo, SandboxStatus
+
+_STATE_FILE = "sandbox.json"
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+
+
+class LocalProcess:
+    def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        self._popen = subprocess.Popen(
+            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self._stderr, text=True, bufsize=1, start_new_session=True,
+        )
+        self._kill_lock = threading.Lock()
+
+    def lines(self) -> Iterator[str]:
+        assert self._popen.stdout is not None
+        for line in self._popen.stdout:
+            yield line.rstrip("\n")
+
+    def wait(self) -> int:
+        code = self._popen.wait()
+        if self._popen.stdout:
+            self._popen.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        """Kill the whole process group: the runner and the CLI it spawned."""
+        with self._kill_lock:
+            if self._popen.poll() is None:
+                try:
+                    os.killpg(self._popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - limit))
+        return self._stderr.read().decode(errors="replace")
+
+
+class LocalSandbox:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.python = sys.executable  # the dev venv has claude-agent-sdk and its bundled CLI
+        self.home = str(root / "home")
+        self.workdir = str(root / "work")
+
+    def run(self, argv: list[str], env: Mapping[str, str]) -> LocalProcess:
+        base = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        return LocalProcess(argv, {**base, **env}, Path(self.workdir))
+
+    def write_file(self, path: str, data: bytes) -> None:
+        target = self._inside(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+
+    def exists(self, path: str) -> bool:
+        return self._inside(path).exists()
+
+    def _inside(self, path: str) -> Path:
+        target = Path(path).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{path} is outside sandbox {self.name}")
+        return target
+
+
+class LocalSandboxBackend:
+    def __init__(self, data_dir: Path) -> None:
+        self.base = data_dir / "sandboxes"
+
+    def attach(self, name: str) -> Attachment:
+        root = self._root(name)
+        fresh = not (root / _STATE_FILE).exists()
+        for folder in ("home/.claude", "work"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        self._set_status(root, "running")
+        return Attachment(LocalSandbox(name, root), fresh)
+
+    def status(self, name: str) -> SandboxStatus | None:
+        state = self._root(name) / _STATE_FILE
+        if not state.exists():
+            return None
+        return json.loads(state.read_text())["status"]
+
+    def stop(self, name: str) -> None:
+        root = self._root(name)
+        if (root / _STATE_FILE).exists():
+            self._set_status(root, "stopped")
+
+    def destroy(self, name: str) -> None:
+        shutil.rmtree(self._root(name), ignore_errors=True)
+
+    def list(self) -> list[SandboxInfo]:
+        if not self.base.exists():
+            return []
+        return [
+            SandboxInfo(root.name, status)
+            for root in sorted(self.base.iterdir())
+            if (status := self.status(root.name)) is not None
+        ]
+
+    def _root(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid sandbox name {name!r}")
+        return self.base / name
+
+    @staticmethod
+    def _set_status(root: Path, status: SandboxStatus) -> None:
+        tmp = root / f".{_STATE_FILE}.tmp"
+        tmp.write_text(json.dumps({"status": status}))
+        tmp.replace(root / _STATE_FILE)

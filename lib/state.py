@@ -1,0 +1,192 @@
+"""Per-user state in Upstash Redis, through the real `upstash-redis` client.
+
+Keys (`<p>` is KEY_PREFIX, `<u>` the user hash):
+  <p>:u:<u>:rec    the session record, a JSON string
+  <p>:u:<u>:lock   the turn lock: a random token, SET NX PX with a lease
+  <p>:activity     sorted set, member <u>, score = last activity (unix seconds), for cleanup
+
+Each step of a turn is one round trip: `begin` takes the lock and reads the record in one
+script; `commit` writes the record, updates the index and releases the lock in one script,
+only if the lock token still matches (the token fences the write).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import httpx
+from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
+
+from lib.errors import LockLost, StateUnavailable, TurnInProgress
+
+T = TypeVar("T")
+
+# The first line lets Upstash lock only the script's keys; the local stand-in strips it.
+_KEY_LOCKING = "#!lua flags=allow-key-locking\n"
+
+# KEYS: lock, record. ARGV: token, lease ms. -> {1, record or ""} | {0, lock pttl}
+# Taking a lock that already holds our token succeeds, so a retried acquire is idempotent.
+_BEGIN = _KEY_LOCKING + """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('GET', KEYS[2]) or ''}
+"""
+
+# KEYS: lock, record, activity. ARGV: token, record json, score, member -> 1 saved | 0 lock lost
+# A retry after a lost answer finds its own record in place and reports success again.
+_COMMIT = _KEY_LOCKING + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: lock. ARGV: token -> 1 released | 0 not ours
+_RELEASE = _KEY_LOCKING + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock, record, activity. ARGV: token, member -> 1 forgotten | 0 lock lost
+_FORGET = _KEY_LOCKING + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if not redis.call('GET', KEYS[2]) then return 1 end
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What we keep per user: which Claude session, in which sandbox, and how active."""
+
+    session_id: str
+    sandbox_name: str
+    turns: int
+    created_at: float
+    last_active_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> SessionRecord:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof that this caller holds a user's turn lock."""
+
+    user: str
+    token: str
+    record: SessionRecord | None
+
+
+def connect(url: str, token: str, timeout: float) -> Redis:
+    """One client per process. The client's own retry sleeps 3 s and retries every command,
+    safe or not, and its httpx client has no timeout (DESIGN §7): turn both into ours."""
+    client = Redis(url, token, rest_retries=0, allow_telemetry=False, read_your_writes=True)
+    client._http._client.timeout = httpx.Timeout(timeout)  # no public knob for this
+    return client
+
+
+class StateStore:
+    def __init__(self, redis: Redis, prefix: str, lock_ttl_ms: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.lock_ttl_ms = lock_ttl_ms
+        self.activity_key = f"{prefix}:activity"
+
+    def _keys(self, user: str) -> tuple[str, str]:
+        return f"{self.prefix}:u:{user}:lock", f"{self.prefix}:u:{user}:rec"
+
+    def begin(self, user: str) -> Lease:
+        """Take the user's turn lock and read their record, in one round trip."""
+        token = secrets.token_urlsafe(18)
+        lock, rec = self._keys(user)
+        acquired, value = self._call(
+            lambda: self.redis.eval(_BEGIN, [lock, rec], [token, str(self.lock_ttl_ms)]),
+            attempts=2,  # same token: a retry after a lost answer cannot lock us out
+        )
+        if not acquired:
+            retry_after = max(1, -(-int(value) // 1000)) if int(value) > 0 else 1
+            raise TurnInProgress(
+                "another turn for this user is running; retry when it ends",
+                retry_after=min(retry_after, 5),
+            )
+        return Lease(user, token, SessionRecord.from_json(value) if value else None)
+
+    def commit(self, lease: Lease, record: SessionRecord) -> None:
+        """Save the record, index its activity and release the lock, in one round trip."""
+        lock, rec = self._keys(lease.user)
+        saved = self._call(
+            lambda: self.redis.eval(
+                _COMMIT,
+                [lock, rec, self.activity_key],
+                [lease.token, record.to_json(), str(record.last_active_at), lease.user],
+            ),
+            attempts=2,
+        )
+        if not saved:
+            raise LockLost("the turn outlived its lock; its result was not saved")
+
+    def release(self, lease: Lease) -> None:
+        lock, _ = self._keys(lease.user)
+        self._call(lambda: self.redis.eval(_RELEASE, [lock], [lease.token]), attempts=2)
+
+    def forget(self, lease: Lease) -> None:
+        """Delete the record and its index entry and release the lock, in one round trip."""
+        lock, rec = self._keys(lease.user)
+        forgotten = self._call(
+            lambda: self.redis.eval(_FORGET, [lock, rec, self.activity_key],
+                                    [lease.token, lease.user]),
+            attempts=2,
+        )
+        if not forgotten:
+            raise LockLost("the lock was lost while forgetting the session")
+
+    def read(self, user: str) -> SessionRecord | None:
+        _, rec = self._keys(user)
+        raw = self._call(lambda: self.redis.get(rec), attempts=2)
+        return SessionRecord.from_json(raw) if raw else None
+
+    def lock_holder(self, user: str) -> str | None:
+        lock, _ = self._keys(user)
+        return self._call(lambda: self.redis.get(lock), attempts=2)
+
+    def ping(self) -> bool:
+        return self._call(self.redis.ping, attempts=1) == "PONG"
+
+    @staticmethod
+    def _call(command: Callable[[], T], attempts: int) -> T:
+        """Run one command, retrying only where the caller said it is safe; map every failure
+        of the client (its own error, transport errors, malformed answers) to StateUnavailable."""
+        for attempt in range(attempts):
+            try:
+                return command()
+            except UpstashError as error:  # the server answered with an error: do not retry
+                raise StateUnavailable(f"state store error: {error}") from None
+            except (httpx.HTTPError, ValueError, AttributeError, KeyError, TypeError) as error:
+                if attempt + 1 == attempts:
+                    raise StateUnavailable(
+                        f"state store unreachable: {type(error).__name__}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+

@@ -1,0 +1,217 @@
+"""The service: one turn is lock+load -> attach -> run -> save+release.
+
+`TurnService.start` takes the user's lock before anything is streamed, so a busy user gets a
+409 status, not a stream. `Turn.events()` then runs the agent in the user's sandbox and yields
+TurnEvents. Whatever happens, the lock is released exactly once, and the record is written only
+by the final commit, so an error leaves the previous record untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lib.auth import user_hash
+from lib.config import Settings
+from lib.errors import AgentFailed, ServiceError, TurnTimeout
+from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
+from lib.runner import RUNNER_SOURCE_PATH
+from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
+from lib.state import Lease, SessionRecord, StateStore
+
+log = logging.getLogger("agent.turns")
+
+# The CLI only needs these to run offline or against the real API; nothing else of ours leaks in.
+_QUIET_CLI = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+_PLACEHOLDER_KEY = "placeholder-key-for-a-keyless-model-server"
+
+
+@dataclass(frozen=True)
+class SessionView:
+    session_id: str
+    turns: int
+    created_at: float
+    last_active_at: float
+    sandbox_status: SandboxStatus | None
+
+
+class TurnService:
+    def __init__(
+        self,
+        settings: Settings,
+        state: StateStore,
+        sandboxes: SandboxBackend,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.sandboxes = sandboxes
+        self.clock = clock
+        source = RUNNER_SOURCE_PATH.read_bytes()
+        self._runner_source = source
+        self._runner_version = hashlib.sha256(source).hexdigest()[:12]
+
+    def start(self, user_id: str, prompt: str) -> Turn:
+        """Take the user's lock (TurnInProgress if busy) and load their record."""
+        return Turn(self, self.state.begin(user_hash(user_id, self.settings)), prompt)
+
+    def describe(self, user_id: str) -> SessionView | None:
+        record = self.state.read(user_hash(user_id, self.settings))
+        if record is None:
+            return None
+        return SessionView(record.session_id, record.turns, record.created_at,
+                           record.last_active_at, self.sandboxes.status(record.sandbox_name))
+
+    def forget(self, user_id: str) -> None:
+        """Destroy the user's sandbox and delete their record, under their turn lock."""
+        lease = self.state.begin(user_hash(user_id, self.settings))
+        try:
+            self.sandboxes.destroy(self.sandbox_name(lease))
+        except BaseException:
+            self.state.release(lease)
+            raise
+        self.state.forget(lease)
+
+    def sandbox_name(self, lease: Lease) -> str:
+        if lease.record is not None:
+            return lease.record.sandbox_name
+        return f"{self.settings.sandbox_name_prefix}{lease.user}"
+
+    def install_runner(self, sandbox: Sandbox) -> str:
+        """Copy the runner into the sandbox once per version; return its path there."""
+        path = f"{sandbox.home}/.agent-runner/{self._runner_version}/agent_runner.py"
+        if not sandbox.exists(path):
+            sandbox.write_file(path, self._runner_source)
+        return path
+
+    def runner_env(self, sandbox: Sandbox) -> dict[str, str]:
+        env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude", **_QUIET_CLI}
+        if self.settings.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
+        env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY
+        return env
+
+
+class Turn:
+    def __init__(self, service: TurnService, lease: Lease, prompt: str) -> None:
+        self.service = service
+        self.lease = lease
+        self.prompt = prompt
+        self._settled = False
+
+    def events(self) -> Iterator[TurnEvent]:
+        """Run the turn. If the consumer goes away mid-stream, the turn still runs to its end and
+        is saved, so the answer is there on the next read."""
+        steps = self._steps()
+        try:
+            for event in steps:  # not `yield from`: that would close `steps` along with us
+                yield event
+        except GeneratorExit:
+            for _ in steps:
+                pass
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the lock if the turn did not commit. Idempotent."""
+        if not self._settled:
+            self._settled = True
+            try:
+                self.service.state.release(self.lease)
+            except ServiceError as error:  # the lease expires on its own
+                log.warning("could not release turn lock: %s", error.message)
+
+    def _steps(self) -> Iterator[TurnEvent]:
+        try:
+            yield from self._run()
+        except ServiceError as error:
+            yield TurnFailed(error)
+        except Exception:
+            log.exception("turn failed unexpectedly")
+            yield TurnFailed(ServiceError("the turn failed unexpectedly"))
+
+    def _run(self) -> Iterator[TurnEvent]:
+        service, record = self.service, self.lease.record
+        attachment = service.sandboxes.attach(service.sandbox_name(self.lease))
+        sandbox = attachment.sandbox
+        runner = service.install_runner(sandbox)
+        resume = record.session_id if record else None
+        if resume and attachment.fresh:
+            resume = None
+            yield Notice("conversation_restarted",
+                         "the sandbox holding this conversation was lost; a new one begins")
+        job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
+        job = {"prompt": self.prompt, "resume": resume, "cwd": sandbox.workdir,
+               "options": service.settings.agent.to_job()}
+        sandbox.write_file(job_path, json.dumps(job).encode())
+        outcome = yield from self._stream(
+            sandbox.run([sandbox.python, runner, job_path], service.runner_env(sandbox))
+        )
+        now = service.clock()
+        continued = record is not None and outcome["session_id"] == record.session_id
+        saved = SessionRecord(
+            session_id=outcome["session_id"],
+            sandbox_name=service.sandbox_name(self.lease),
+            turns=record.turns + 1 if continued and record else 1,
+            created_at=record.created_at if continued and record else now,
+            last_active_at=now,
+        )
+        service.state.commit(self.lease, saved)
+        self._settled = True
+        usage = {k: v for k, v in (outcome.get("usage") or {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
+                       outcome.get("cost_usd"))
+
+    def _stream(self, process: Any) -> Iterator[TurnEvent]:
+        """Forward the runner's lines as events; return its result line, or raise."""
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(self.service.settings.turn_timeout, expire)
+        timer.daemon = True
+        timer.start()
+        result: dict[str, Any] | None = None
+        failure: dict[str, Any] | None = None
+        garbage = 0
+        try:
+            for line in process.lines():
+                try:
+                    message = json.loads(line)
+                    kind = message["type"]
+                except (ValueError, TypeError, KeyError):
+                    garbage += 1
+                    continue
+                if kind == "text":
+                    yield TextDelta(str(message.get("text", "")))
+                elif kind in ("tool_use", "tool_result"):
+                    yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
+                elif kind == "result":
+                    result = message
+                elif kind == "error":
+                    failure = message
+            code = process.wait()
+        finally:
+            timer.cancel()
+            process.kill()
+        if timed_out.is_set():
+            raise TurnTimeout(f"the turn took longer than {self.service.settings.turn_timeout} s")
+        if failure or result is None:
+            log.warning("runner failed (exit %s, %d garbage lines): %s | stderr: %s", code,
+                        garbage, failure, process.stderr_tail())
+            detail = failure.get("message") if failure else f"the runner exited with status {code}"
+            raise AgentFailed(f"the agent could not run: {detail}")
+        if result.get("is_error") or not result.get("session_id"):
+            errors = "; ".join(map(str, result.get("errors") or [])) or result.get("text")
+            raise AgentFailed(f"the agent reported an error ({result.get('subtype')}): {errors}")
+        return result

@@ -1,0 +1,112 @@
+"""Hand-written fakes of the sandbox port, for fault tests the real runner cannot be made to do."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from lib.sandboxes import Attachment, SandboxInfo, SandboxStatus
+
+
+def line(kind: str, **fields: object) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def ok_result(session_id: str = "sess-1", text: str = "hi") -> str:
+    return line("result", session_id=session_id, text=text, is_error=False, subtype="success",
+                errors=[], usage={"input_tokens": 3, "output_tokens": 1}, cost_usd=0.001,
+                num_turns=1)
+
+
+@dataclass
+class Script:
+    """What one run of the runner does: print these lines, then exit with this status.
+    `hang` keeps stdout open until the process is killed (a runner that never finishes)."""
+
+    lines: list[str]
+    exit_code: int = 0
+    hang: bool = False
+    stderr: str = ""
+
+
+class FakeProcess:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.killed = threading.Event()
+
+    def lines(self) -> Iterator[str]:
+        for text in self.script.lines:
+            if self.killed.is_set():
+                return
+            yield text
+        if self.script.hang:
+            self.killed.wait(30)
+
+    def wait(self) -> int:
+        return -9 if self.killed.is_set() else self.script.exit_code
+
+    def kill(self) -> None:
+        self.killed.set()
+
+    def stderr_tail(self) -> str:
+        return self.script.stderr
+
+
+@dataclass
+class FakeSandbox:
+    name: str
+    backend: FakeSandboxBackend
+    python: str = "python3"
+    home: str = "/home/agent"
+    workdir: str = "/home/agent/work"
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def run(self, argv: list[str], env: Mapping[str, str]) -> FakeProcess:
+        job = json.loads(self.files[argv[-1]])
+        self.backend.runs.append({"argv": argv, "env": dict(env), "job": job})
+        return FakeProcess(self.backend.next_script(job))
+
+    def write_file(self, path: str, data: bytes) -> None:
+        self.files[path] = data
+
+    def exists(self, path: str) -> bool:
+        return path in self.files
+
+
+class FakeSandboxBackend:
+    """Sandboxes in memory; each run plays the next Script (or what `respond(job)` returns)."""
+
+    def __init__(self, respond: Callable[[dict], Script] | None = None) -> None:
+        self.sandboxes: dict[str, FakeSandbox] = {}
+        self.statuses: dict[str, SandboxStatus] = {}
+        self.scripts: list[Script] = []
+        self.respond = respond
+        self.runs: list[dict] = []
+
+    def next_script(self, job: dict) -> Script:
+        if self.scripts:
+            return self.scripts.pop(0)
+        assert self.respond is not None, "no script left for this run"
+        return self.respond(job)
+
+    def attach(self, name: str) -> Attachment:
+        fresh = name not in self.sandboxes
+        sandbox = self.sandboxes.setdefault(name, FakeSandbox(name, self))
+        self.statuses[name] = "running"
+        return Attachment(sandbox, fresh)
+
+    def status(self, name: str) -> SandboxStatus | None:
+        return self.statuses.get(name)
+
+    def stop(self, name: str) -> None:
+        if name in self.statuses:
+            self.statuses[name] = "stopped"
+
+    def destroy(self, name: str) -> None:
+        self.sandboxes.pop(name, None)
+        self.statuses.pop(name, None)
+
+    def list(self) -> list[SandboxInfo]:
+        return [SandboxInfo(name, status) for name, status in self.statuses.items()]

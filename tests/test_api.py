@@ -1,0 +1,280 @@
+"""The endpoints in-process (Flask's test client) with real state through the Upstash stand-in
+and a hand-written fake of the sandbox port, for every input error and runner fault."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from werkzeug.test import Client
+
+from api import chat, health, session
+from lib.auth import user_hash
+from lib.bootstrap import Services, build
+from lib.devtools.dev_server import DevServer
+from tests.conftest import Upstash, free_port, make_settings
+from tests.fakes import FakeSandboxBackend, Script, line, ok_result
+
+ALICE = {"X-User-Id": "alice"}
+JSON = {**ALICE, "Content-Type": "application/json"}
+SSE = {**JSON, "Accept": "text/event-stream"}
+
+
+class World:
+    def __init__(self, services: Services, sandboxes: FakeSandboxBackend) -> None:
+        self.services = services
+        self.sandboxes = sandboxes
+        self.apps: list[Flask] = [chat.app, session.app, health.app]
+        for app in self.apps:
+            app.config["SERVICES"] = services
+
+    def client(self, app: Flask = chat.app) -> Client:
+        return app.test_client()
+
+    def turn(self, prompt: str = "hello", headers: dict | None = None):
+        return self.client().post("/api/chat", json={"prompt": prompt}, headers=headers or ALICE)
+
+    def user(self, user_id: str = "alice") -> str:
+        return user_hash(user_id, self.services.settings)
+
+    def stored(self, user_id: str = "alice"):
+        return self.services.state.read(self.user(user_id))
+
+    def lock(self, user_id: str = "alice"):
+        return self.services.state.lock_holder(self.user(user_id))
+
+
+@pytest.fixture
+def world(upstash_fakeredis: Upstash, tmp_path: Path) -> Iterator[World]:
+    new_ids = (f"sess-{n}" for n in itertools.count(1))
+
+    def agent(job: dict) -> Script:  # resumes the session it is given, or starts a new one
+        session_id = job["resume"] or next(new_ids)
+        return Script([line("session", session_id=session_id), line("text", text="hi "),
+                       line("text", text="there"), ok_result(session_id, "hi there")])
+
+    sandboxes = FakeSandboxBackend(respond=agent)
+    settings = make_settings(upstash_fakeredis, tmp_path, anthropic_api_key="sk-test-secret")
+    w = World(build(settings, sandboxes=sandboxes), sandboxes)
+    yield w
+    for app in w.apps:
+        app.config["SERVICES"] = None
+
+
+def sse_events(body: bytes) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(part.split(": ", 1) for part in block.splitlines() if not part.startswith(":"))
+        if fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_a_turn_then_a_resumed_turn(world: World):
+    first = world.turn("one")
+    assert first.status_code == 200
+    assert first.json == {"session_id": "sess-1", "text": "hi there", "turn": 1,
+                          "usage": {"input_tokens": 3, "output_tokens": 1}, "cost_usd": 0.001}
+    second = world.turn("two")
+    assert second.json["turn"] == 2 and second.json["session_id"] == "sess-1"
+    jobs = [run["job"] for run in world.sandboxes.runs]
+    assert [job["resume"] for job in jobs] == [None, "sess-1"]
+    assert [job["prompt"] for job in jobs] == ["one", "two"]
+    assert world.stored().turns == 2 and world.lock() is None
+
+
+def test_the_runner_sees_the_model_key_but_no_state_credentials(world: World):
+    world.turn()
+    run = world.sandboxes.runs[0]
+    settings = world.services.settings
+    assert run["env"]["ANTHROPIC_API_KEY"] == "sk-test-secret"
+    assert "sk-test-secret" not in json.dumps(run["job"])
+    everything = json.dumps(run)
+    assert settings.redis_token not in everything and settings.redis_url not in everything
+    assert run["job"]["options"]["permission_mode"] == "default"
+
+
+def seed(world: World):
+    assert world.turn("seed").status_code == 200
+    return world.stored()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": "{not json", "headers": JSON}, 400, "invalid_request"),
+        ({"data": "[1, 2]", "headers": JSON}, 400, "invalid_request"),
+        ({"json": {}, "headers": ALICE}, 400, "invalid_request"),
+        ({"json": {"prompt": ""}, "headers": ALICE}, 400, "invalid_request"),
+        ({"json": {"prompt": "   "}, "headers": ALICE}, 400, "invalid_request"),
+        ({"json": {"prompt": 42}, "headers": ALICE}, 400, "invalid_request"),
+        ({"json": {"prompt": None}, "headers": ALICE}, 400, "invalid_request"),
+        ({"json": {"prompt": "x" * 32_001}, "headers": ALICE}, 413, "payload_too_large"),
+        ({"data": json.dumps({"prompt": "x", "pad": "y" * 300_000}), "headers": JSON},
+         413, "payload_too_large"),
+        ({"data": "prompt=hi", "headers": {**ALICE, "Content-Type": "text/plain"}},
+         415, "unsupported_media_type"),
+        ({"json": {"prompt": "hi"}, "headers": {}}, 401, "unauthorized"),
+        ({"json": {"prompt": "hi"}, "headers": {"X-User-Id": "no spaces"}}, 401, "unauthorized"),
+    ],
+)
+def test_bad_input_gets_its_status_and_changes_nothing(world: World, kwargs, status, code):
+    before = seed(world)
+    runs = len(world.sandboxes.runs)
+    response = world.client().post("/api/chat", **kwargs)
+    assert response.status_code == status
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+    assert world.stored() == before and world.lock() is None
+    assert len(world.sandboxes.runs) == runs
+
+
+def test_wrong_method_and_unknown_path_are_json(world: World):
+    response = world.client().get("/api/chat", headers=ALICE)
+    assert response.status_code == 405 and response.json["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+    response = world.client(session.app).put("/api/session", headers=ALICE)
+    assert response.status_code == 405
+    dev = Client(DevServer())
+    missing = dev.get("/api/nothing-here")
+    assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found"
+    assert b"<html" in dev.get("/").data
+
+
+def test_a_busy_user_gets_409_with_retry_after(world: World):
+    lease = world.services.state.begin(world.user())
+    response = world.turn()
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "turn_in_progress"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert world.lock() == lease.token  # the running turn keeps its lock
+    assert world.turn(headers={"X-User-Id": "bob"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        (Script([], exit_code=1, stderr="Traceback: boom"), "exited with status 1"),
+        (Script(["garbage", "{not json", '{"no_type": 1}'], exit_code=0), "exited with status 0"),
+        (Script([line("error", code="agent_failed", message="CLIConnectionError: x", detail="d")],
+                exit_code=1), "CLIConnectionError"),
+        (Script([line("result", session_id="sess-1", text="", is_error=True,
+                      subtype="error_during_execution",
+                      errors=["No conversation found with session ID: sess-1"])]),
+         "No conversation found"),
+    ],
+)
+def test_runner_faults_are_502_release_the_lock_and_keep_the_record(world: World, script, message):
+    before = seed(world)
+    world.sandboxes.scripts.append(script)
+    response = world.turn("again")
+    assert response.status_code == 502
+    assert response.json["error"]["code"] == "agent_failed"
+    assert message in response.json["error"]["message"]
+    assert "Traceback" not in response.json["error"]["message"]  # stderr goes to logs only
+    assert world.stored() == before and world.lock() is None
+
+
+def test_a_turn_past_its_timeout_is_stopped(world: World, upstash_fakeredis: Upstash, tmp_path: Path):
+    before = seed(world)
+    world.services.settings.__dict__["turn_timeout"] = 1  # frozen dataclass; test-only shortcut
+    world.sandboxes.scripts.append(Script([line("text", text="thinking...")], hang=True))
+    response = world.turn()
+    assert response.status_code == 504 and response.json["error"]["code"] == "turn_timeout"
+    assert world.stored() == before and world.lock() is None
+
+
+def test_sse_streams_deltas_then_done(world: World):
+    response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE)
+    assert response.mimetype == "text/event-stream"
+    events = sse_events(response.data)
+    assert events == [("text", {"text": "hi "}), ("text", {"text": "there"}),
+                      ("done", {"session_id": "sess-1", "text": "hi there", "turn": 1,
+                                "usage": {"input_tokens": 3, "output_tokens": 1},
+                                "cost_usd": 0.001})]
+
+
+def test_sse_reports_a_failure_as_an_error_event(world: World):
+    world.sandboxes.scripts.append(Script([line("text", text="par")], exit_code=1))
+    events = sse_events(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
+    assert events[0] == ("text", {"text": "par"})
+    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "agent_failed"
+    assert world.lock() is None and world.stored() is None
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_turn_saved(world: World):
+    response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE, buffered=False)
+    stream = iter(response.response)
+    assert next(stream).startswith(b": turn started")
+    assert next(stream).startswith(b"event: text")
+    response.close()  # the client hung up after the first delta
+    assert world.stored().turns == 1 and world.lock() is None
+
+
+def test_a_stream_never_started_releases_the_lock(world: World):
+    response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE, buffered=False)
+    response.close()
+    assert world.lock() is None
+
+
+def test_a_lost_sandbox_starts_a_new_conversation_and_says_so(world: World):
+    seed(world)
+    world.sandboxes.sandboxes.clear()
+    response = world.turn("after loss")
+    assert response.status_code == 200 and response.json["turn"] == 1
+    assert response.json["session_id"] == "sess-2"
+    assert response.json["notices"][0]["code"] == "conversation_restarted"
+    assert world.sandboxes.runs[-1]["job"]["resume"] is None
+
+
+def test_session_show_and_forget(world: World):
+    client = world.client(session.app)
+    assert client.get("/api/session", headers=ALICE).status_code == 404
+    seed(world)
+    shown = client.get("/api/session", headers=ALICE).json
+    assert shown["session_id"] == "sess-1" and shown["turns"] == 1
+    assert shown["sandbox"] == {"status": "running"}
+    lease = world.services.state.begin(world.user())
+    assert client.delete("/api/session", headers=ALICE).status_code == 409
+    world.services.state.release(lease)
+    name = world.stored().sandbox_name
+    assert client.delete("/api/session", headers=ALICE).status_code == 204
+    assert client.get("/api/session", headers=ALICE).status_code == 404
+    assert world.sandboxes.status(name) is None and world.lock() is None
+    assert client.delete("/api/session", headers=ALICE).status_code == 204  # idempotent
+    assert client.get("/api/session").status_code == 401
+
+
+def test_health_reports_redis(world: World, tmp_path: Path):
+    assert world.client(health.app).get("/api/health").json == {"ok": True, "redis": "ok"}
+    dead = Upstash(f"http://127.0.0.1:{free_port()}", None)  # type: ignore[arg-type]
+    world.apps[2].config["SERVICES"] = build(make_settings(dead, tmp_path, redis_timeout=1),
+                                             sandboxes=world.sandboxes)
+    down = world.client(health.app).get("/api/health")
+    assert down.status_code == 503 and down.json["error"]["code"] == "state_unavailable"
+
+
+def test_a_state_outage_is_503_and_the_runner_never_starts(world: World, tmp_path: Path):
+    dead = Upstash(f"http://127.0.0.1:{free_port()}", None)  # type: ignore[arg-type]
+    chat.app.config["SERVICES"] = build(make_settings(dead, tmp_path, redis_timeout=1),
+                                        sandboxes=world.sandboxes)
+    response = world.turn()
+    assert response.status_code == 503 and response.json["error"]["code"] == "state_unavailable"
+    assert world.sandboxes.runs == []
+
+
+def test_missing_configuration_is_a_clear_500(world: World, monkeypatch: pytest.MonkeyPatch):
+    from lib.bootstrap import services
+
+    chat.app.config["SERVICES"] = None
+    services.cache_clear()
+    for name in ("UPSTASH_REDIS_REST_URL", "KV_REST_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    response = world.turn()
+    services.cache_clear()
+    assert response.status_code == 500 and response.json["error"]["code"] == "misconfigured"
+    assert "UPSTASH_REDIS_REST_URL" in response.json["error"]["message"]
