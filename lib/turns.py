@@ -110,7 +110,7 @@ class Turn:
         is saved, so the answer is there on the next read."""
         steps = self._steps()
         try:
-            for event in steps:  # not `yield from`: that would close `steps` along with us
+            for event in steps:  # noqa: UP028 - `yield from` would close `steps` along with us
                 yield event
         except GeneratorExit:
             for _ in steps:

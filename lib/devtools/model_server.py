@@ -58,11 +58,13 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class OfflineModel:
-    """The WSGI app. `requests` keeps every Messages request body, in order, for tests."""
+    """The WSGI app. `requests` keeps every Messages request body, in order, and `finished_at`
+    the time each streamed reply was fully sent, for tests."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.requests: list[dict[str, Any]] = []
+        self.finished_at: list[float] = []
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
@@ -113,6 +115,7 @@ class OfflineModel:
                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                      "usage": {"output_tokens": usage["output_tokens"]}})
         yield _sse("message_stop", {"type": "message_stop"})
+        self.finished_at.append(time.time())
 
     @staticmethod
     def _error(status: int, kind: str, message: str) -> Response:

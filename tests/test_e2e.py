@@ -1,0 +1,168 @@
+"""End to end through the dev server's HTTP port: the real claude-agent-sdk and its bundled CLI
+run in local sandboxes against the offline model; state goes through the Upstash stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from lib.auth import user_hash
+from lib.bootstrap import build
+from lib.devtools.model_server import OfflineModel, user_texts
+from lib.devtools.serving import serve_in_background
+from tests.conftest import Upstash, make_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def slow_model() -> Iterator[tuple[OfflineModel, str]]:
+    """Streams a word every 50 ms, so a turn is long enough to overlap and to watch stream."""
+    app = OfflineModel(delay=0.05)
+    server = serve_in_background(app)
+    yield app, server.url
+    server.stop()
+
+
+@pytest.fixture
+def serve(start_dev_server, upstash_fakeredis: Upstash):
+    """Start a dev server process wired to the shared stand-ins, in a keyspace of its own."""
+    prefix = f"e2e{os.urandom(4).hex()}"
+
+    def start(model_url: str, **env: str):
+        server = start_dev_server(UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
+                                  UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
+                                  ANTHROPIC_BASE_URL=model_url, KEY_PREFIX=prefix, **env)
+        server.prefix = prefix
+        return server
+
+    return start
+
+
+def chat(url: str, prompt: str, user: str = "alice", **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/chat", json={"prompt": prompt},
+                      headers={"X-User-Id": user, **headers}, timeout=120)
+
+
+def requests_ending_with(model: OfflineModel, prompt: str) -> list[list[str]]:
+    return [texts for body in model.requests if (texts := user_texts(body)) and texts[-1] == prompt]
+
+
+def test_three_turns_remember_and_users_are_apart(serve, model):
+    app, server = model
+    dev = serve(server.url)
+    prompts = ["My name is Alice.", "I live in Lyon.", "What do you know about me?"]
+    answers = [chat(dev.url, prompt) for prompt in prompts]
+    assert [a.status_code for a in answers] == [200, 200, 200], dev.log()
+    bodies = [a.json() for a in answers]
+    assert len({b["session_id"] for b in bodies}) == 1
+    assert [b["turn"] for b in bodies] == [1, 2, 3]
+    assert requests_ending_with(app, prompts[2])[-1] == prompts  # the model saw turns 1 and 2
+    assert "Alice" in bodies[2]["text"] and "Lyon" in bodies[2]["text"]
+
+    shown = httpx.get(f"{dev.url}/api/session", headers={"X-User-Id": "alice"}).json()
+    assert shown["turns"] == 3 and shown["session_id"] == bodies[0]["session_id"]
+
+    bob = chat(dev.url, "Hi, I am Bob.", user="bob")
+    assert bob.status_code == 200 and bob.json()["turn"] == 1
+    assert bob.json()["session_id"] != bodies[0]["session_id"]
+    assert requests_ending_with(app, "Hi, I am Bob.")[-1] == ["Hi, I am Bob."]
+    assert "Alice" not in bob.json()["text"]
+
+
+def test_a_new_process_serves_turn_two(serve, model):
+    app, server = model
+    first = serve(server.url)
+    one = chat(first.url, "Remember the word pelican.").json()
+    first.stop()  # the function instance is gone, and everything it had in memory
+    second = serve(server.url)
+    two = chat(second.url, "Which word?").json()
+    assert two["session_id"] == one["session_id"] and two["turn"] == 2
+    assert requests_ending_with(app, "Which word?")[-1] == ["Remember the word pelican.", "Which word?"]
+
+
+def test_the_sse_stream_carries_text_as_it_is_produced(serve, slow_model):
+    app, model_url = slow_model
+    dev = serve(model_url)
+    events, arrived = [], []
+    with httpx.stream("POST", f"{dev.url}/api/chat", json={"prompt": "stream please"},
+                      headers={"X-User-Id": "carol", "Accept": "text/event-stream"},
+                      timeout=120) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        block: dict[str, str] = {}
+        for raw in response.iter_lines():
+            if raw == "":
+                if block:
+                    events.append((block["event"], json.loads(block["data"])))
+                    arrived.append(time.time())
+                block = {}
+            elif not raw.startswith(":"):
+                name, _, value = raw.partition(": ")
+                block[name] = value
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and names.count("done") == 1
+    deltas = [data["text"] for name, data in events if name == "text"]
+    assert len(deltas) > 5
+    assert "".join(deltas) == events[-1][1]["text"]
+    first_delta_at = arrived[names.index("text")]
+    assert first_delta_at < app.finished_at[-1]  # seen before the model had finished
+
+
+def test_two_concurrent_turns_one_runs_one_gets_409(serve, slow_model, upstash_fakeredis: Upstash,
+                                                    tmp_path: Path):
+    dev = serve(slow_model[1])
+    results: list[httpx.Response] = []
+    barrier = threading.Barrier(2)
+
+    def go(prompt: str) -> None:
+        barrier.wait()
+        results.append(chat(dev.url, prompt, user="dave"))
+
+    threads = [threading.Thread(target=go, args=(p,)) for p in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200, 409], [r.text for r in results]
+    busy = next(r for r in results if r.status_code == 409)
+    assert busy.json()["error"]["code"] == "turn_in_progress" and busy.headers["Retry-After"]
+    settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
+    state, user = build(settings).state, user_hash("dave", settings)
+    assert state.lock_holder(user) is None
+    assert state.read(user).turns == 1
+
+
+def test_forget_then_start_over(serve, model, tmp_path: Path):
+    _, server = model
+    dev = serve(server.url)
+    before = chat(dev.url, "first life", user="erin").json()
+    sandboxes = list((tmp_path / "data" / "sandboxes").iterdir())
+    assert len(sandboxes) == 1
+    forgotten = httpx.delete(f"{dev.url}/api/session", headers={"X-User-Id": "erin"})
+    assert forgotten.status_code == 204
+    assert not sandboxes[0].exists()
+    after = chat(dev.url, "second life", user="erin").json()
+    assert after["turn"] == 1 and after["session_id"] != before["session_id"]
+    assert "first life" not in after["text"]
+
+
+def test_jwt_mode_end_to_end(serve, model):
+    _, server = model
+    secret = "e2e-secret-long-enough-for-hs256-keys!!"
+    dev = serve(server.url, AUTH_MODE="jwt", AUTH_JWT_SECRET=secret)
+    token = jwt.encode({"sub": "frank", "exp": time.time() + 60}, secret, "HS256")
+    ok = httpx.post(f"{dev.url}/api/chat", json={"prompt": "hello"}, timeout=120,
+                    headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and ok.json()["turn"] == 1
+    spoofed = httpx.post(f"{dev.url}/api/chat", json={"prompt": "hello"},
+                         headers={"X-User-Id": "frank"})
+    assert spoofed.status_code == 401

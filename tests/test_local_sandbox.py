@@ -1,0 +1,76 @@
+"""The local sandbox backend: folders with their own HOME, commands streamed, no env leaking in."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib.sandboxes.local import LocalSandboxBackend
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalSandboxBackend:
+    return LocalSandboxBackend(tmp_path)
+
+
+def test_attach_creates_once_then_reattaches(backend: LocalSandboxBackend, tmp_path: Path):
+    first = backend.attach("agent-a")
+    assert first.fresh
+    assert Path(first.sandbox.home, ".claude").is_dir() and Path(first.sandbox.workdir).is_dir()
+    assert str(tmp_path / "sandboxes" / "agent-a") in first.sandbox.home
+    assert not backend.attach("agent-a").fresh
+    assert backend.status("agent-a") == "running"
+
+
+def test_stop_list_destroy(backend: LocalSandboxBackend):
+    backend.attach("agent-a")
+    backend.attach("agent-b")
+    backend.stop("agent-a")
+    assert [(i.name, i.status) for i in backend.list()] == [("agent-a", "stopped"),
+                                                             ("agent-b", "running")]
+    assert not backend.attach("agent-a").fresh  # a stopped sandbox resumes with its files
+    backend.destroy("agent-a")
+    assert backend.status("agent-a") is None
+    assert backend.attach("agent-a").fresh
+    assert backend.status("never") is None
+
+
+def test_run_streams_lines_in_the_workdir_with_only_the_given_env(
+    backend: LocalSandboxBackend, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "must-not-leak")
+    sandbox = backend.attach("agent-a").sandbox
+    code = ("import os, sys, time\n"
+            "print(os.getcwd(), flush=True)\n"
+            "print(os.environ.get('UPSTASH_REDIS_REST_TOKEN'), os.environ['GIVEN'], flush=True)\n"
+            "sys.stderr.write('oops')\n")
+    process = sandbox.run([sys.executable, "-c", code], {"GIVEN": "yes"})
+    lines = list(process.lines())
+    assert process.wait() == 0
+    assert lines == [os.path.realpath(sandbox.workdir), "None yes"]
+    assert process.stderr_tail() == "oops"
+
+
+def test_kill_stops_the_process_and_its_children(backend: LocalSandboxBackend):
+    sandbox = backend.attach("agent-a").sandbox
+    process = sandbox.run(
+        ["sh", "-c", "sleep 30 & echo started; wait"], {})
+    assert next(iter(process.lines())) == "started"
+    started = time.monotonic()
+    process.kill()
+    assert process.wait() != 0
+    assert time.monotonic() - started < 5
+
+
+def test_files_stay_inside_the_sandbox(backend: LocalSandboxBackend):
+    sandbox = backend.attach("agent-a").sandbox
+    sandbox.write_file(f"{sandbox.home}/x/y.txt", b"data")
+    assert sandbox.exists(f"{sandbox.home}/x/y.txt")
+    with pytest.raises(ValueError):
+        sandbox.write_file(f"{sandbox.home}/../../../escape.txt", b"no")
+    with pytest.raises(ValueError):
+        backend.attach("../etc")
