@@ -8,9 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from upstash_redis import Redis
+
 from lib.config import Settings
+from lib.errors import ConfigError
 from lib.sandboxes import SandboxBackend
 from lib.state import StateStore, connect
+from lib.transcripts import TranscriptStore
 from lib.turns import TurnService
 
 
@@ -28,7 +32,25 @@ def build(settings: Settings, sandboxes: SandboxBackend | None = None) -> Servic
         from lib.sandboxes.local import LocalSandboxBackend
 
         sandboxes = LocalSandboxBackend(settings.data_dir)
-    return Services(settings, state, TurnService(settings, state, sandboxes))
+    transcripts = _transcripts(settings, redis)
+    return Services(settings, state, TurnService(settings, state, sandboxes, transcripts))
+
+
+def _transcripts(settings: Settings, redis: Redis) -> TranscriptStore:
+    if settings.transcript_store == "s3":
+        try:
+            import boto3
+        except ImportError:
+            raise ConfigError("TRANSCRIPT_STORE=s3 needs boto3: add it to requirements.txt") from None
+        from lib.transcripts.s3 import S3Transcripts
+
+        client = boto3.client("s3", region_name=settings.s3_region,
+                              endpoint_url=settings.s3_endpoint_url)
+        return S3Transcripts(client, settings.s3_bucket or "", settings.s3_prefix)
+    from lib.transcripts.upstash import UpstashTranscripts
+
+    return UpstashTranscripts(redis, settings.key_prefix, settings.transcript_ttl,
+                              settings.transcript_max_request_bytes)
 
 
 @lru_cache(maxsize=1)

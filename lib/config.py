@@ -61,6 +61,13 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     turn_timeout: int = 240
     function_max_duration: int = 300
+    transcript_store: str = "upstash"
+    transcript_ttl: int = 30 * 24 * 3600
+    transcript_max_request_bytes: int = 512 * 1024
+    s3_bucket: str | None = None
+    s3_prefix: str = "transcripts/"
+    s3_region: str | None = None
+    s3_endpoint_url: str | None = None
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -119,7 +126,18 @@ class Settings:
             max_body_bytes=read.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),
             function_max_duration=read.integer("FUNCTION_MAX_DURATION", 300, minimum=10),
+            transcript_store=read.choice("TRANSCRIPT_STORE", ("upstash", "s3"), "upstash"),
+            transcript_ttl=read.integer("TRANSCRIPT_TTL", 30 * 24 * 3600, minimum=60),
+            transcript_max_request_bytes=read.integer(
+                "TRANSCRIPT_MAX_REQUEST_BYTES", 512 * 1024, minimum=64 * 1024
+            ),
+            s3_bucket=read.text("TRANSCRIPT_S3_BUCKET"),
+            s3_prefix=read.text("TRANSCRIPT_S3_PREFIX") or "transcripts/",
+            s3_region=read.text("TRANSCRIPT_S3_REGION"),
+            s3_endpoint_url=read.text("TRANSCRIPT_S3_ENDPOINT_URL"),
         )
+        if settings.transcript_store == "s3" and not settings.s3_bucket:
+            raise ConfigError("TRANSCRIPT_S3_BUCKET is required when TRANSCRIPT_STORE=s3")
         if settings.turn_timeout >= settings.function_max_duration:
             raise ConfigError(
                 f"TURN_TIMEOUT ({settings.turn_timeout}) must be below FUNCTION_MAX_DURATION "

@@ -120,7 +120,7 @@ class StateStore:
         """Take the user's turn lock and read their record, in one round trip."""
         token = secrets.token_urlsafe(18)
         lock, rec = self._keys(user)
-        acquired, value = self._call(
+        acquired, value = call_safely(
             lambda: self.redis.eval(_BEGIN, [lock, rec], [token, str(self.lock_ttl_ms)]),
             attempts=2,  # same token: a retry after a lost answer cannot lock us out
         )
@@ -135,7 +135,7 @@ class StateStore:
     def commit(self, lease: Lease, record: SessionRecord) -> None:
         """Save the record, index its activity and release the lock, in one round trip."""
         lock, rec = self._keys(lease.user)
-        saved = self._call(
+        saved = call_safely(
             lambda: self.redis.eval(
                 _COMMIT,
                 [lock, rec, self.activity_key],
@@ -148,12 +148,12 @@ class StateStore:
 
     def release(self, lease: Lease) -> None:
         lock, _ = self._keys(lease.user)
-        self._call(lambda: self.redis.eval(_RELEASE, [lock], [lease.token]), attempts=2)
+        call_safely(lambda: self.redis.eval(_RELEASE, [lock], [lease.token]), attempts=2)
 
     def forget(self, lease: Lease) -> None:
         """Delete the record and its index entry and release the lock, in one round trip."""
         lock, rec = self._keys(lease.user)
-        forgotten = self._call(
+        forgotten = call_safely(
             lambda: self.redis.eval(_FORGET, [lock, rec, self.activity_key],
                                     [lease.token, lease.user]),
             attempts=2,
@@ -163,30 +163,26 @@ class StateStore:
 
     def read(self, user: str) -> SessionRecord | None:
         _, rec = self._keys(user)
-        raw = self._call(lambda: self.redis.get(rec), attempts=2)
+        raw = call_safely(lambda: self.redis.get(rec), attempts=2)
         return SessionRecord.from_json(raw) if raw else None
 
     def lock_holder(self, user: str) -> str | None:
         lock, _ = self._keys(user)
-        return self._call(lambda: self.redis.get(lock), attempts=2)
+        return call_safely(lambda: self.redis.get(lock), attempts=2)
 
     def ping(self) -> bool:
-        return self._call(self.redis.ping, attempts=1) == "PONG"
-
-    @staticmethod
-    def _call(command: Callable[[], T], attempts: int) -> T:
-        """Run one command, retrying only where the caller said it is safe; map every failure
-        of the client (its own error, transport errors, malformed answers) to StateUnavailable."""
-        for attempt in range(attempts):
-            try:
-                return command()
-            except UpstashError as error:  # the server answered with an error: do not retry
-                raise StateUnavailable(f"state store error: {error}") from None
-            except (httpx.HTTPError, ValueError, AttributeError, KeyError, TypeError) as error:
-                if attempt + 1 == attempts:
-                    raise StateUnavailable(
-                        f"state store unreachable: {type(error).__name__}"
-                    ) from None
-        raise AssertionError("unreachable")
+        return call_safely(self.redis.ping, attempts=1) == "PONG"
 
 
+def call_safely(command: Callable[[], T], attempts: int) -> T:
+    """Run one Upstash command, retrying only where the caller said it is safe; map every failure
+    of the client (its own error, transport errors, malformed answers) to StateUnavailable."""
+    for attempt in range(attempts):
+        try:
+            return command()
+        except UpstashError as error:  # the server answered with an error: do not retry
+            raise StateUnavailable(f"state store error: {error}") from None
+        except (httpx.HTTPError, ValueError, AttributeError, KeyError, TypeError) as error:
+            if attempt + 1 == attempts:
+                raise StateUnavailable(f"state store unreachable: {type(error).__name__}") from None
+    raise AssertionError("unreachable")

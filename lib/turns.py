@@ -19,11 +19,13 @@ from typing import Any
 
 from lib.auth import user_hash
 from lib.config import Settings
+from lib.conversation import Message, messages_from
 from lib.errors import AgentFailed, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
 from lib.runner import RUNNER_SOURCE_PATH
 from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
 from lib.state import Lease, SessionRecord, StateStore
+from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
 
 log = logging.getLogger("agent.turns")
 
@@ -47,11 +49,13 @@ class TurnService:
         settings: Settings,
         state: StateStore,
         sandboxes: SandboxBackend,
+        transcripts: TranscriptStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = state
         self.sandboxes = sandboxes
+        self.transcripts = transcripts
         self.clock = clock
         source = RUNNER_SOURCE_PATH.read_bytes()
         self._runner_source = source
@@ -68,11 +72,21 @@ class TurnService:
         return SessionView(record.session_id, record.turns, record.created_at,
                            record.last_active_at, self.sandboxes.status(record.sandbox_name))
 
+    def conversation(self, user_id: str) -> list[Message] | None:
+        """The current conversation's messages, from the durable transcript (not the sandbox)."""
+        user = user_hash(user_id, self.settings)
+        record = self.state.read(user)
+        if record is None:
+            return None
+        entries = self.transcripts.load({"project_key": user, "session_id": record.session_id})
+        return messages_from(entries or [])
+
     def forget(self, user_id: str) -> None:
-        """Destroy the user's sandbox and delete their record, under their turn lock."""
+        """Destroy the user's sandbox, delete their transcripts and record, under their lock."""
         lease = self.state.begin(user_hash(user_id, self.settings))
         try:
             self.sandboxes.destroy(self.sandbox_name(lease))
+            delete_all(self.transcripts, lease.user)
         except BaseException:
             self.state.release(lease)
             raise
@@ -143,17 +157,16 @@ class Turn:
         sandbox = attachment.sandbox
         runner = service.install_runner(sandbox)
         resume = record.session_id if record else None
-        if resume and attachment.fresh:
-            resume = None
-            yield Notice("conversation_restarted",
-                         "the sandbox holding this conversation was lost; a new one begins")
-        job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
-        job = {"prompt": self.prompt, "resume": resume, "cwd": sandbox.workdir,
-               "options": service.settings.agent.to_job()}
-        sandbox.write_file(job_path, json.dumps(job).encode())
-        outcome = yield from self._stream(
-            sandbox.run([sandbox.python, runner, job_path], service.runner_env(sandbox))
-        )
+        restore = None
+        if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
+            resume, restore = yield from self._restorable(resume)
+        outcome = yield from self._attempt(sandbox, runner, resume, restore)
+        if outcome["type"] == "restore_needed" and resume and restore is None:
+            log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
+            resume, restore = yield from self._restorable(resume)
+            outcome = yield from self._attempt(sandbox, runner, resume, restore)
+        if outcome["type"] != "result":
+            raise AgentFailed("the agent could not find its conversation after a restore")
         now = service.clock()
         continued = record is not None and outcome["session_id"] == record.session_id
         saved = SessionRecord(
@@ -170,8 +183,43 @@ class Turn:
         yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
                        outcome.get("cost_usd"))
 
+    def _restorable(self, session_id: str) -> Iterator[TurnEvent]:
+        """(resume, restore) for a session whose local transcript is gone: the durable copy, or
+        a new conversation when there is none."""
+        transcript = load_transcript(self.service.transcripts, self.lease.user, session_id)
+        if transcript is None:
+            yield Notice("conversation_restarted",
+                         "this conversation could not be restored; a new one begins")
+            return None, None
+        return session_id, transcript.to_job()
+
+    def _attempt(
+        self, sandbox: Sandbox, runner: str, resume: str | None, restore: dict | None
+    ) -> Iterator[TurnEvent]:
+        job = {"prompt": self.prompt, "resume": resume, "restore": restore, "cwd": sandbox.workdir,
+               "options": self.service.settings.agent.to_job()}
+        job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
+        sandbox.write_file(job_path, json.dumps(job).encode())
+        return (yield from self._stream(
+            sandbox.run([sandbox.python, runner, job_path], self.service.runner_env(sandbox))
+        ))
+
+    def _mirror(self, message: dict[str, Any]) -> None:
+        """Store a transcript batch durably, under this user's key whatever the sandbox says."""
+        try:
+            key = message["key"]
+            scoped: SessionKey = {"project_key": self.lease.user,
+                                  "session_id": str(key["session_id"])}
+            if key.get("subpath"):
+                scoped["subpath"] = str(key["subpath"])
+            self.service.transcripts.append(scoped, list(message["entries"]))
+        except (KeyError, TypeError, ServiceError) as error:
+            # The turn goes on (its local transcript is whole); durability of this batch is lost.
+            log.error("could not mirror a transcript batch: %s", error)
+
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
-        """Forward the runner's lines as events; return its result line, or raise."""
+        """Forward the runner's lines as events, mirror its transcript batches; return its
+        result (or restore_needed) line, or raise."""
         timed_out = threading.Event()
 
         def expire() -> None:
@@ -196,7 +244,9 @@ class Turn:
                     yield TextDelta(str(message.get("text", "")))
                 elif kind in ("tool_use", "tool_result"):
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
-                elif kind == "result":
+                elif kind == "mirror":
+                    self._mirror(message)
+                elif kind in ("result", "restore_needed"):
                     result = message
                 elif kind == "error":
                     failure = message
@@ -211,7 +261,7 @@ class Turn:
                         garbage, failure, process.stderr_tail())
             detail = failure.get("message") if failure else f"the runner exited with status {code}"
             raise AgentFailed(f"the agent could not run: {detail}")
-        if result.get("is_error") or not result.get("session_id"):
+        if result["type"] == "result" and (result.get("is_error") or not result.get("session_id")):
             errors = "; ".join(map(str, result.get("errors") or [])) or result.get("text")
             raise AgentFailed(f"the agent reported an error ({result.get('subtype')}): {errors}")
         return result

@@ -20,6 +20,19 @@ def ok_result(session_id: str = "sess-1", text: str = "hi") -> str:
                 num_turns=1)
 
 
+def mirror(session_id: str, prompt: str, answer: str) -> str:
+    """A transcript batch as the runner mirrors it: the prompt and the answer."""
+    entries = [
+        {"type": "user", "uuid": f"{session_id}-{prompt}-u", "timestamp": "2026-01-01T00:00:00Z",
+         "message": {"role": "user", "content": prompt}},
+        {"type": "assistant", "uuid": f"{session_id}-{prompt}-a", "timestamp": "2026-01-01T00:00:01Z",
+         "message": {"role": "assistant", "id": f"msg-{prompt}",
+                     "content": [{"type": "text", "text": answer}]}},
+    ]
+    return line("mirror", key={"project_key": "-home-agent-work", "session_id": session_id},
+                entries=entries)
+
+
 @dataclass
 class Script:
     """What one run of the runner does: print these lines, then exit with this status.

@@ -12,12 +12,12 @@ import pytest
 from flask import Flask
 from werkzeug.test import Client
 
-from api import chat, health, session
+from api import chat, health, session, session_messages
 from lib.auth import user_hash
 from lib.bootstrap import Services, build
 from lib.devtools.dev_server import DevServer
 from tests.conftest import Upstash, free_port, make_settings
-from tests.fakes import FakeSandboxBackend, Script, line, ok_result
+from tests.fakes import FakeSandboxBackend, Script, line, mirror, ok_result
 
 ALICE = {"X-User-Id": "alice"}
 JSON = {**ALICE, "Content-Type": "application/json"}
@@ -28,7 +28,7 @@ class World:
     def __init__(self, services: Services, sandboxes: FakeSandboxBackend) -> None:
         self.services = services
         self.sandboxes = sandboxes
-        self.apps: list[Flask] = [chat.app, session.app, health.app]
+        self.apps: list[Flask] = [chat.app, session.app, health.app, session_messages.app]
         for app in self.apps:
             app.config["SERVICES"] = services
 
@@ -47,6 +47,10 @@ class World:
     def lock(self, user_id: str = "alice"):
         return self.services.state.lock_holder(self.user(user_id))
 
+    def transcript(self, session_id: str = "sess-1", user_id: str = "alice"):
+        return self.services.turns.transcripts.load(
+            {"project_key": self.user(user_id), "session_id": session_id})
+
 
 @pytest.fixture
 def world(upstash_fakeredis: Upstash, tmp_path: Path) -> Iterator[World]:
@@ -55,6 +59,7 @@ def world(upstash_fakeredis: Upstash, tmp_path: Path) -> Iterator[World]:
     def agent(job: dict) -> Script:  # resumes the session it is given, or starts a new one
         session_id = job["resume"] or next(new_ids)
         return Script([line("session", session_id=session_id), line("text", text="hi "),
+                       mirror(session_id, job["prompt"], "hi there"),
                        line("text", text="there"), ok_result(session_id, "hi there")])
 
     sandboxes = FakeSandboxBackend(respond=agent)
@@ -221,9 +226,10 @@ def test_a_stream_never_started_releases_the_lock(world: World):
     assert world.lock() is None
 
 
-def test_a_lost_sandbox_starts_a_new_conversation_and_says_so(world: World):
+def test_a_lost_sandbox_without_a_durable_copy_starts_over_and_says_so(world: World):
     seed(world)
     world.sandboxes.sandboxes.clear()
+    world.services.turns.transcripts.delete({"project_key": world.user(), "session_id": "sess-1"})
     response = world.turn("after loss")
     assert response.status_code == 200 and response.json["turn"] == 1
     assert response.json["session_id"] == "sess-2"
@@ -278,3 +284,84 @@ def test_missing_configuration_is_a_clear_500(world: World, monkeypatch: pytest.
     services.cache_clear()
     assert response.status_code == 500 and response.json["error"]["code"] == "misconfigured"
     assert "UPSTASH_REDIS_REST_URL" in response.json["error"]["message"]
+
+
+def test_transcript_batches_are_stored_under_the_callers_own_key(world: World):
+    world.sandboxes.scripts.append(Script([
+        line("mirror", key={"project_key": "someone-else", "session_id": "sess-1"},
+             entries=[{"type": "user", "uuid": "x1", "message": {"role": "user", "content": "hi"}}]),
+        line("mirror", key={"project_key": "someone-else", "session_id": "sess-1",
+                            "subpath": "subagents/agent-1"}, entries=[{"type": "user", "uuid": "s1"}]),
+        ok_result("sess-1")]))
+    assert world.turn().status_code == 200
+    assert world.transcript() == [{"type": "user", "uuid": "x1",
+                                   "message": {"role": "user", "content": "hi"}}]
+    store = world.services.turns.transcripts
+    assert store.load({"project_key": "someone-else", "session_id": "sess-1"}) is None
+    assert store.list_subkeys({"project_key": world.user(), "session_id": "sess-1"}) == [
+        "subagents/agent-1"]
+
+
+def test_a_malformed_mirror_line_does_not_fail_the_turn(world: World):
+    world.sandboxes.scripts.append(Script([line("mirror", key="nonsense", entries=3),
+                                           ok_result("sess-1")]))
+    assert world.turn().status_code == 200
+
+
+def test_a_fresh_sandbox_gets_the_durable_transcript_to_restore(world: World):
+    seed(world)
+    world.sandboxes.sandboxes.clear()  # the sandbox and its files are gone
+    response = world.turn("after loss")
+    assert response.status_code == 200, response.json
+    assert response.json["turn"] == 2 and "notices" not in response.json
+    job = world.sandboxes.runs[-1]["job"]
+    assert job["resume"] == "sess-1"
+    assert [e["type"] for e in job["restore"]["entries"]] == ["user", "assistant"]
+    assert job["restore"]["entries"] == world.transcript()[:2]
+
+
+def test_a_runner_without_its_transcript_is_retried_once_with_the_restore(world: World):
+    seed(world)
+    world.sandboxes.scripts.append(Script([line("restore_needed", session_id="sess-1")], 3))
+    response = world.turn("next")
+    assert response.status_code == 200 and response.json["turn"] == 2
+    first, second = world.sandboxes.runs[-2:]
+    assert first["job"]["restore"] is None and second["job"]["restore"]["entries"]
+    assert second["job"]["resume"] == "sess-1"
+
+
+def test_a_transcript_missing_even_after_restore_is_502(world: World):
+    before = seed(world)
+    world.sandboxes.scripts += [Script([line("restore_needed", session_id="sess-1")], 3)] * 2
+    response = world.turn("next")
+    assert response.status_code == 502 and response.json["error"]["code"] == "agent_failed"
+    assert world.stored() == before and world.lock() is None
+
+
+def test_messages_come_from_the_transcript_and_page(world: World):
+    client = world.client(session_messages.app)
+    assert client.get("/api/session/messages", headers=ALICE).status_code == 404
+    for prompt in ("one", "two", "three"):
+        world.turn(prompt)
+    whole = client.get("/api/session/messages", headers=ALICE).json
+    assert [(m["role"], m["text"]) for m in whole["messages"]] == [
+        ("user", "one"), ("assistant", "hi there"), ("user", "two"), ("assistant", "hi there"),
+        ("user", "three"), ("assistant", "hi there")]
+    newest = client.get("/api/session/messages?limit=4", headers=ALICE).json
+    assert newest["messages"] == whole["messages"][2:] and newest["next_before"] == 2
+    oldest = client.get("/api/session/messages?limit=4&before=2", headers=ALICE).json
+    assert oldest["messages"] == whole["messages"][:2] and oldest["next_before"] is None
+    for bad in ("limit=0", "limit=201", "limit=x", "before=-1"):
+        response = client.get(f"/api/session/messages?{bad}", headers=ALICE)
+        assert response.status_code == 400, bad
+    assert client.get("/api/session/messages").status_code == 401
+
+
+def test_forget_deletes_the_durable_transcripts_too(world: World):
+    seed(world)
+    world.sandboxes.sandboxes.clear()
+    world.turn("lost and restarted")  # (restored here: the same session continues)
+    assert world.transcript()
+    assert world.client(session.app).delete("/api/session", headers=ALICE).status_code == 204
+    assert world.transcript() is None
+    assert world.services.turns.transcripts.list_sessions(world.user()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -166,3 +167,58 @@ def test_jwt_mode_end_to_end(serve, model):
     spoofed = httpx.post(f"{dev.url}/api/chat", json={"prompt": "hello"},
                          headers={"X-User-Id": "frank"})
     assert spoofed.status_code == 401
+
+
+def test_a_destroyed_sandbox_is_restored_from_the_durable_transcript(serve, model, tmp_path: Path):
+    app, server = model
+    dev = serve(server.url)
+    one = chat(dev.url, "The secret is 42.", user="gina").json()
+    sandboxes = tmp_path / "data" / "sandboxes"
+    for folder in sandboxes.iterdir():
+        shutil.rmtree(folder)  # the sandbox is gone, files and all
+    two = chat(dev.url, "What is the secret?", user="gina").json()
+    assert two["session_id"] == one["session_id"] and two["turn"] == 2
+    assert "notices" not in two
+    assert requests_ending_with(app, "What is the secret?")[-1] == ["The secret is 42.",
+                                                                   "What is the secret?"]
+    # the restored transcript now lives in the new sandbox: the next turn resumes locally
+    transcripts = list(sandboxes.glob("*/home/.claude/projects/*/*.jsonl"))
+    assert [t.stem for t in transcripts] == [one["session_id"]]
+    three = chat(dev.url, "And once more?", user="gina").json()
+    assert three["turn"] == 3
+    assert requests_ending_with(app, "And once more?")[-1] == [
+        "The secret is 42.", "What is the secret?", "And once more?"]
+
+
+def test_a_sandbox_that_lost_only_its_transcript_is_restored_on_retry(serve, model, tmp_path: Path):
+    app, server = model
+    dev = serve(server.url)
+    chat(dev.url, "Remember: blue.", user="hugo")
+    for transcript in (tmp_path / "data" / "sandboxes").glob("*/home/.claude/projects"):
+        shutil.rmtree(transcript)  # same sandbox, files lost (e.g. a partial snapshot)
+    again = chat(dev.url, "Which colour?", user="hugo")
+    assert again.status_code == 200 and again.json()["turn"] == 2, again.text
+    assert requests_ending_with(app, "Which colour?")[-1] == ["Remember: blue.", "Which colour?"]
+
+
+def test_messages_are_read_from_the_durable_transcript(serve, model, tmp_path: Path):
+    _, server = model
+    dev = serve(server.url)
+    headers = {"X-User-Id": "iris"}
+    assert httpx.get(f"{dev.url}/api/session/messages", headers=headers).status_code == 404
+    chat(dev.url, "first question", user="iris")
+    chat(dev.url, "second question", user="iris")
+    for folder in (tmp_path / "data" / "sandboxes").iterdir():
+        shutil.rmtree(folder)  # not read: the messages come from the durable store
+    body = httpx.get(f"{dev.url}/api/session/messages", headers=headers).json()
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert body["messages"][0]["text"] == "first question"
+    assert "first question" in body["messages"][3]["text"]
+    assert all(m["created_at"] and m["id"] for m in body["messages"])
+    assert body["next_before"] is None
+    older = httpx.get(f"{dev.url}/api/session/messages?limit=2", headers=headers).json()
+    assert [m["text"] for m in older["messages"]][0] == "second question"
+    assert older["next_before"] == 2
+    first = httpx.get(f"{dev.url}/api/session/messages?limit=2&before=2", headers=headers).json()
+    assert first["messages"] == body["messages"][:2] and first["next_before"] is None

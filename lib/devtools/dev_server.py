@@ -12,6 +12,7 @@ and embedded stand-ins for whatever cloud service is not configured.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -46,18 +47,27 @@ def _not_found(environ: dict, start_response: Callable) -> list[bytes]:
     return [body]
 
 
+def exact_rewrites(root: Path = ROOT) -> dict[str, str]:
+    """vercel.json's rewrites whose source is a plain path (the only kind this project uses)."""
+    config = json.loads((root / "vercel.json").read_text())
+    return {r["source"]: r["destination"] for r in config.get("rewrites", [])
+            if ":" not in r["source"] and "(" not in r["source"]}
+
+
 class DevServer:
-    """The WSGI app: route to a function by path prefix, else a file of public/, else 404."""
+    """The WSGI app: vercel.json's rewrites, then a function by its path, else a file of
+    public/, else 404. The function sees the original path, as on Vercel."""
 
     def __init__(self, root: Path = ROOT) -> None:
         self.functions = discover_functions(root)
+        self.rewrites = exact_rewrites(root)
         self.static = SharedDataMiddleware(_not_found, {"/": str(root / "public")})
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
-        for route, app in self.functions.items():
-            if path == route or path.startswith(route + "/"):
-                return app(environ, start_response)
+        app = self.functions.get(self.rewrites.get(path, path))
+        if app is not None:
+            return app(environ, start_response)
         if path == "/":
             environ = {**environ, "PATH_INFO": "/index.html"}
         return self.static(environ, start_response)

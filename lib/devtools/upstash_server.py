@@ -71,14 +71,20 @@ def _prepare(command: Any) -> list[Any]:
 
 
 class UpstashRestServer:
-    """The WSGI app. `round_trips` counts answered requests (benchmarks read it)."""
+    """The WSGI app. Like Upstash it refuses requests over `max_request_bytes` (1 MiB, the
+    documented limit). `round_trips`, `largest_request` and `largest_response` (bytes) are
+    there for tests and benchmarks."""
 
-    def __init__(self, redis_url: str | None = None, token: str = DEV_TOKEN) -> None:
+    def __init__(self, redis_url: str | None = None, token: str = DEV_TOKEN,
+                 max_request_bytes: int = 1024 * 1024) -> None:
         self.client = _raw_client(redis_url)
         self.token = token
+        self.max_request_bytes = max_request_bytes
         self._counter = itertools.count(1)
         self._count_lock = threading.Lock()
         self.round_trips = 0
+        self.largest_request = 0
+        self.largest_response = 0
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         return self.handle(Request(environ))(environ, start_response)
@@ -88,11 +94,15 @@ class UpstashRestServer:
             return self._answer({"error": "WRONGPASS invalid or missing auth token"}, 401)
         if request.method != "POST":
             return self._answer({"error": "ERR only POST is supported by this stand-in"}, 405)
+        raw = request.get_data()
         with self._count_lock:
             self.round_trips += 1
+            self.largest_request = max(self.largest_request, len(raw))
+        if len(raw) > self.max_request_bytes:
+            return self._answer({"error": "ERR max request size exceeded"}, 400)
         b64 = request.headers.get("Upstash-Encoding", "").lower() == "base64"
         try:
-            body = json.loads(request.get_data())
+            body = json.loads(raw)
         except ValueError:
             return self._answer({"error": "ERR failed to parse command"}, 400)
         path = request.path.rstrip("/")
@@ -130,7 +140,10 @@ class UpstashRestServer:
         return self._answer(answers, 200)
 
     def _answer(self, body: Any, status: int) -> Response:
-        response = Response(json.dumps(body), status=status, mimetype="application/json")
+        text = json.dumps(body)
+        with self._count_lock:
+            self.largest_response = max(self.largest_response, len(text))
+        response = Response(text, status=status, mimetype="application/json")
         response.headers["Upstash-Sync-Token"] = str(next(self._counter))
         return response
 

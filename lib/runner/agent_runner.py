@@ -2,10 +2,17 @@
 
 Usage: python agent_runner.py JOB_FILE
 
-The job file is JSON: {"prompt": str, "resume": str | null, "cwd": str, "options": {...}} with
-options among model, system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns.
+The job file is JSON: {"prompt": str, "resume": str | null, "cwd": str, "options": {...},
+"restore": {"entries": [...], "subkeys": {subpath: [...]}} | null} with options among model,
+system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns. `restore` comes
+when the sandbox lost the transcript: the SDK materialises it from our store's `load`, and it is
+written into this sandbox's config dir so later turns resume from local disk again.
 Every stdout line is one JSON object with a "type":
   session    {"session_id"}                      as soon as the CLI reports it
+  mirror     {"key", "entries"}                  transcript lines to store durably (the SDK's
+                                                 SessionStore.append, handed to the function)
+  restore_needed {"session_id"}                  resume asked, no local transcript, no restore
+                                                 given: nothing ran (exit status 3)
   text       {"text"}                            a streamed text delta
   tool_use   {"id", "name", "input"}             the agent called a tool
   tool_result {"tool_use_id", "is_error"}        a tool answered
@@ -21,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 ALLOWED_OPTIONS = (
@@ -35,7 +44,65 @@ def emit(kind: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-def build_options(job: dict[str, Any], stderr_tail: deque[str]) -> Any:
+class MirrorStore:
+    """The SDK's SessionStore, as far as this sandbox is concerned: every appended batch goes to
+    stdout for the function to store durably (the sandbox holds no store credentials). `load`
+    finds nothing, so the SDK resumes from the local transcript."""
+
+    async def append(self, key: dict[str, Any], entries: list[Any]) -> None:
+        emit("mirror", key=dict(key), entries=entries)
+
+    async def load(self, key: dict[str, Any]) -> list[Any] | None:
+        return None
+
+
+class RestoreStore:
+    """A SessionStore holding one transcript handed over by the function, for materialising."""
+
+    def __init__(self, transcript: dict[str, Any]) -> None:
+        self.entries = transcript.get("entries") or []
+        self.subkeys = transcript.get("subkeys") or {}
+
+    async def append(self, key: dict[str, Any], entries: list[Any]) -> None:
+        pass
+
+    async def load(self, key: dict[str, Any]) -> list[Any] | None:
+        subpath = key.get("subpath")
+        return (self.subkeys.get(subpath) if subpath else self.entries) or None
+
+    async def list_subkeys(self, key: dict[str, Any]) -> list[str]:
+        return list(self.subkeys)
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+
+
+def local_transcript(cwd: str, session_id: str) -> Path:
+    from claude_agent_sdk import project_key_for_directory
+
+    return config_dir() / "projects" / project_key_for_directory(cwd) / f"{session_id}.jsonl"
+
+
+async def restore(job: dict[str, Any], cwd: str) -> None:
+    """Let the SDK materialise the session from a store, then keep the files in this sandbox's
+    config dir (the SDK's own copy lives in a temp dir for one query only)."""
+    from claude_agent_sdk import ClaudeAgentOptions
+    from claude_agent_sdk._internal.session_resume import materialize_resume_session
+
+    options = ClaudeAgentOptions(resume=job["resume"], cwd=cwd,
+                                 session_store=RestoreStore(job["restore"]))
+    materialized = await materialize_resume_session(options)
+    if materialized is None:
+        raise RuntimeError("the transcript to restore was empty or the session id is invalid")
+    try:
+        shutil.copytree(materialized.config_dir / "projects", config_dir() / "projects",
+                        dirs_exist_ok=True)
+    finally:
+        await materialized.cleanup()
+
+
+def build_options(job: dict[str, Any], cwd: str, stderr_tail: deque[str]) -> Any:
     from claude_agent_sdk import ClaudeAgentOptions
 
     options = {k: v for k, v in (job.get("options") or {}).items() if k in ALLOWED_OPTIONS and v}
@@ -43,8 +110,10 @@ def build_options(job: dict[str, Any], stderr_tail: deque[str]) -> Any:
         os.environ["IS_SANDBOX"] = "1"  # the CLI refuses to bypass permissions as root otherwise
     return ClaudeAgentOptions(
         resume=job.get("resume") or None,
-        cwd=job.get("cwd") or os.getcwd(),
+        cwd=cwd,
         include_partial_messages=True,
+        session_store=MirrorStore(),
+        session_store_flush="eager",  # mirror as the turn goes: a killed turn loses least
         stderr=stderr_tail.append,
         **options,
     )
@@ -64,8 +133,15 @@ async def run(job: dict[str, Any]) -> int:
 
     stderr_tail: deque[str] = deque(maxlen=20)
     got_result = False
+    cwd = job.get("cwd") or os.getcwd()
     try:
-        async for message in query(prompt=job["prompt"], options=build_options(job, stderr_tail)):
+        if job.get("resume") and job.get("restore"):
+            await restore(job, cwd)
+        elif job.get("resume") and not local_transcript(cwd, job["resume"]).exists():
+            emit("restore_needed", session_id=job["resume"])
+            return 3
+        options = build_options(job, cwd, stderr_tail)
+        async for message in query(prompt=job["prompt"], options=options):
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 emit("session", session_id=message.data.get("session_id"))
             elif isinstance(message, StreamEvent) and message.parent_tool_use_id is None:

@@ -1,0 +1,98 @@
+"""Durable transcripts: the conversation outlives any one sandbox.
+
+`TranscriptStore` is the port, synchronous because the function is: the methods of the SDK's
+`SessionStore` protocol (DESIGN §4) with the same keys and meaning. Adapters: `upstash.py`
+(default) and `s3.py`. `SdkSessionStore` wraps one in the SDK's async protocol (for the SDK's
+conformance suite, or for code that runs the SDK in-process) without importing the SDK.
+
+The function scopes every key it writes by the authenticated user (`project_key` = user hash),
+whatever the sandbox reports: a sandbox can never write into another user's transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, NotRequired, Protocol, TypedDict
+
+Entry = dict[str, Any]
+
+
+class SessionKey(TypedDict):
+    project_key: str
+    session_id: str
+    subpath: NotRequired[str]
+
+
+class SessionListEntry(TypedDict):
+    session_id: str
+    mtime: int  # epoch milliseconds
+
+
+class TranscriptStore(Protocol):
+    def append(self, key: SessionKey, entries: list[Entry]) -> None:
+        """Add entries in order; an entry whose `uuid` is already stored is skipped."""
+        ...
+
+    def load(self, key: SessionKey) -> list[Entry] | None:
+        """All entries in append order, or None for a key never written."""
+        ...
+
+    def list_sessions(self, project_key: str) -> list[SessionListEntry]: ...
+
+    def delete(self, key: SessionKey) -> None:
+        """Delete a transcript; without `subpath`, with all its subkeys."""
+        ...
+
+    def list_subkeys(self, key: SessionKey) -> list[str]: ...
+
+
+@dataclass
+class Transcript:
+    """A whole session as the runner needs it to restore: main entries and subagent ones."""
+
+    entries: list[Entry]
+    subkeys: dict[str, list[Entry]] = field(default_factory=dict)
+
+    def to_job(self) -> dict[str, Any]:
+        return {"entries": self.entries, "subkeys": self.subkeys}
+
+
+def load_transcript(store: TranscriptStore, project_key: str, session_id: str) -> Transcript | None:
+    key: SessionKey = {"project_key": project_key, "session_id": session_id}
+    entries = store.load(key)
+    if not entries:
+        return None
+    subkeys = {}
+    for subpath in store.list_subkeys(key):
+        if sub_entries := store.load({**key, "subpath": subpath}):
+            subkeys[subpath] = sub_entries
+    return Transcript(entries, subkeys)
+
+
+def delete_all(store: TranscriptStore, project_key: str) -> None:
+    """Delete every session stored under a project key (here: every session of one user)."""
+    for session in store.list_sessions(project_key):
+        store.delete({"project_key": project_key, "session_id": session["session_id"]})
+
+
+class SdkSessionStore:
+    """The SDK's async `SessionStore` protocol over a `TranscriptStore`, in worker threads."""
+
+    def __init__(self, store: TranscriptStore) -> None:
+        self.store = store
+
+    async def append(self, key: SessionKey, entries: list[Entry]) -> None:
+        await asyncio.to_thread(self.store.append, key, entries)
+
+    async def load(self, key: SessionKey) -> list[Entry] | None:
+        return await asyncio.to_thread(self.store.load, key)
+
+    async def list_sessions(self, project_key: str) -> list[SessionListEntry]:
+        return await asyncio.to_thread(self.store.list_sessions, project_key)
+
+    async def delete(self, key: SessionKey) -> None:
+        await asyncio.to_thread(self.store.delete, key)
+
+    async def list_subkeys(self, key: SessionKey) -> list[str]:
+        return await asyncio.to_thread(self.store.list_subkeys, key)
