@@ -5,11 +5,14 @@ Built once per process (clients are reused across requests; no user state is kep
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from upstash_redis import Redis
 
+from lib.cleanup import Cleanup
 from lib.config import Settings
 from lib.errors import ConfigError
 from lib.sandboxes import SandboxBackend
@@ -23,9 +26,14 @@ class Services:
     settings: Settings
     state: StateStore
     turns: TurnService
+    cleanup: Cleanup
 
 
-def build(settings: Settings, sandboxes: SandboxBackend | None = None) -> Services:
+def build(
+    settings: Settings,
+    sandboxes: SandboxBackend | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Services:
     redis = connect(settings.redis_url, settings.redis_token, settings.redis_timeout)
     state = StateStore(redis, settings.key_prefix, settings.lock_ttl_ms)
     if sandboxes is None:
@@ -33,7 +41,12 @@ def build(settings: Settings, sandboxes: SandboxBackend | None = None) -> Servic
 
         sandboxes = LocalSandboxBackend(settings.data_dir)
     transcripts = _transcripts(settings, redis)
-    return Services(settings, state, TurnService(settings, state, sandboxes, transcripts))
+    return Services(
+        settings,
+        state,
+        TurnService(settings, state, sandboxes, transcripts, clock),
+        Cleanup(settings, state, sandboxes, transcripts, clock),
+    )
 
 
 def _transcripts(settings: Settings, redis: Redis) -> TranscriptStore:

@@ -68,6 +68,11 @@ class Settings:
     s3_prefix: str = "transcripts/"
     s3_region: str | None = None
     s3_endpoint_url: str | None = None
+    cron_secret: str | None = field(default=None, repr=False)
+    idle_stop_after: int = 900
+    session_ttl: int = 14 * 24 * 3600
+    cleanup_batch: int = 200
+    cleanup_time_budget: int = 120
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -135,7 +140,20 @@ class Settings:
             s3_prefix=read.text("TRANSCRIPT_S3_PREFIX") or "transcripts/",
             s3_region=read.text("TRANSCRIPT_S3_REGION"),
             s3_endpoint_url=read.text("TRANSCRIPT_S3_ENDPOINT_URL"),
+            cron_secret=read.text("CRON_SECRET"),
+            idle_stop_after=read.integer("IDLE_STOP_AFTER", 900, minimum=60),
+            session_ttl=read.integer("SESSION_TTL", 14 * 24 * 3600, minimum=120),
+            cleanup_batch=read.integer("CLEANUP_BATCH", 200, minimum=1),
+            cleanup_time_budget=read.integer("CLEANUP_TIME_BUDGET", 120, minimum=1),
         )
+        if settings.session_ttl <= settings.idle_stop_after:
+            raise ConfigError("SESSION_TTL must be longer than IDLE_STOP_AFTER")
+        if settings.transcript_ttl < settings.session_ttl:
+            raise ConfigError(
+                "TRANSCRIPT_TTL must be at least SESSION_TTL, or transcripts expire before sessions"
+            )
+        if settings.cleanup_time_budget >= settings.function_max_duration:
+            raise ConfigError("CLEANUP_TIME_BUDGET must be below FUNCTION_MAX_DURATION")
         if settings.transcript_store == "s3" and not settings.s3_bucket:
             raise ConfigError("TRANSCRIPT_S3_BUCKET is required when TRANSCRIPT_STORE=s3")
         if settings.turn_timeout >= settings.function_max_duration:

@@ -3,11 +3,14 @@
 Keys (`<p>` is KEY_PREFIX, `<u>` the user hash):
   <p>:u:<u>:rec    the session record, a JSON string
   <p>:u:<u>:lock   the turn lock: a random token, SET NX PX with a lease
-  <p>:activity     sorted set, member <u>, score = last activity (unix seconds), for cleanup
+  <p>:activity     sorted set, member <u>, score = last activity (unix seconds): every session
+  <p>:awake        the same, for users whose sandbox may still be running
 
 Each step of a turn is one round trip: `begin` takes the lock and reads the record in one
-script; `commit` writes the record, updates the index and releases the lock in one script,
-only if the lock token still matches (the token fences the write).
+script; `commit` writes the record, updates both indexes and releases the lock in one script,
+only if the lock token still matches (the token fences the write). The cleanup job takes the
+same lock, so it never works on a user whose turn is running, and a turn never starts while
+cleanup works on its user.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('GET', KEYS[2]) or ''}
 """
 
-# KEYS: lock, record, activity. ARGV: token, record json, score, member -> 1 saved | 0 lock lost
-# A retry after a lost answer finds its own record in place and reports success again.
+# KEYS: lock, record, activity, awake. ARGV: token, record json, score, member
+# -> 1 saved | 0 lock lost. A retry after a lost answer finds its own record and succeeds again.
 _COMMIT = _KEY_LOCKING + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
@@ -49,6 +52,15 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: lock, awake. ARGV: token, member -> 1 | 0 lock lost
+_SETTLE_STOPPED = _KEY_LOCKING + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -59,7 +71,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: lock, record, activity. ARGV: token, member -> 1 forgotten | 0 lock lost
+# KEYS: lock, record, activity, awake. ARGV: token, member -> 1 forgotten | 0 lock lost
 _FORGET = _KEY_LOCKING + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if not redis.call('GET', KEYS[2]) then return 1 end
@@ -67,6 +79,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 redis.call('DEL', KEYS[2], KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return 1
 """
 
@@ -97,6 +110,10 @@ class Lease:
     token: str
     record: SessionRecord | None
 
+    def sandbox_name(self, prefix: str) -> str:
+        """The sandbox of the record, or the one a first turn creates: prefix + user hash."""
+        return self.record.sandbox_name if self.record else f"{prefix}{self.user}"
+
 
 def connect(url: str, token: str, timeout: float) -> Redis:
     """One client per process. The client's own retry sleeps 3 s and retries every command,
@@ -112,6 +129,7 @@ class StateStore:
         self.prefix = prefix
         self.lock_ttl_ms = lock_ttl_ms
         self.activity_key = f"{prefix}:activity"
+        self.awake_key = f"{prefix}:awake"
 
     def _keys(self, user: str) -> tuple[str, str]:
         return f"{self.prefix}:u:{user}:lock", f"{self.prefix}:u:{user}:rec"
@@ -138,7 +156,7 @@ class StateStore:
         saved = call_safely(
             lambda: self.redis.eval(
                 _COMMIT,
-                [lock, rec, self.activity_key],
+                [lock, rec, self.activity_key, self.awake_key],
                 [lease.token, record.to_json(), str(record.last_active_at), lease.user],
             ),
             attempts=2,
@@ -154,12 +172,47 @@ class StateStore:
         """Delete the record and its index entry and release the lock, in one round trip."""
         lock, rec = self._keys(lease.user)
         forgotten = call_safely(
-            lambda: self.redis.eval(_FORGET, [lock, rec, self.activity_key],
+            lambda: self.redis.eval(_FORGET, [lock, rec, self.activity_key, self.awake_key],
                                     [lease.token, lease.user]),
             attempts=2,
         )
         if not forgotten:
             raise LockLost("the lock was lost while forgetting the session")
+
+    def settle_stopped(self, lease: Lease) -> None:
+        """The user's sandbox is stopped (or gone): drop them from the awake index and release
+        the lock, in one round trip."""
+        lock, _ = self._keys(lease.user)
+        settled = call_safely(
+            lambda: self.redis.eval(_SETTLE_STOPPED, [lock, self.awake_key],
+                                    [lease.token, lease.user]),
+            attempts=2,
+        )
+        if not settled:
+            raise LockLost("the lock was lost while stopping the sandbox")
+
+    def due(self, index: str, before: float, offset: int, limit: int) -> list[str]:
+        """Up to `limit` members of an index (`activity_key` or `awake_key`) last active before
+        `before`, oldest first, skipping `offset`: the cleanup's work list, whose cost grows
+        with what is due, not with the number of users."""
+        return call_safely(
+            lambda: self.redis.zrange(index, "-inf", f"({before}", sortby="BYSCORE",
+                                      offset=offset, count=limit),
+            attempts=2,
+        )
+
+    def read_marker(self, name: str) -> str | None:
+        return call_safely(lambda: self.redis.get(f"{self.prefix}:marker:{name}"), attempts=2)
+
+    def write_marker(self, name: str, value: str) -> None:
+        call_safely(lambda: self.redis.set(f"{self.prefix}:marker:{name}", value), attempts=2)
+
+    def existing(self, users: list[str]) -> set[str]:
+        """Which of these users have a record, in one round trip."""
+        if not users:
+            return set()
+        values = call_safely(lambda: self.redis.mget(*[self._keys(u)[1] for u in users]), attempts=2)
+        return {user for user, value in zip(users, values, strict=True) if value}
 
     def read(self, user: str) -> SessionRecord | None:
         _, rec = self._keys(user)

@@ -93,9 +93,7 @@ class TurnService:
         self.state.forget(lease)
 
     def sandbox_name(self, lease: Lease) -> str:
-        if lease.record is not None:
-            return lease.record.sandbox_name
-        return f"{self.settings.sandbox_name_prefix}{lease.user}"
+        return lease.sandbox_name(self.settings.sandbox_name_prefix)
 
     def install_runner(self, sandbox: Sandbox) -> str:
         """Copy the runner into the sandbox once per version; return its path there."""

@@ -161,3 +161,6 @@ def start_dev_server(tmp_path: Path):
     yield start
     for server in started:
         server.stop()
+
+
+pytest_plugins = ["tests.world"]

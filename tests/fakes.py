@@ -42,6 +42,8 @@ class Script:
     exit_code: int = 0
     hang: bool = False
     stderr: str = ""
+    started: threading.Event | None = None  # set once the process runs...
+    gate: threading.Event | None = None  # ...which then waits for this before its first line
 
 
 class FakeProcess:
@@ -50,6 +52,10 @@ class FakeProcess:
         self.killed = threading.Event()
 
     def lines(self) -> Iterator[str]:
+        if self.script.started:
+            self.script.started.set()
+        if self.script.gate:
+            self.script.gate.wait(30)
         for text in self.script.lines:
             if self.killed.is_set():
                 return
@@ -97,6 +103,7 @@ class FakeSandboxBackend:
         self.scripts: list[Script] = []
         self.respond = respond
         self.runs: list[dict] = []
+        self.on_stop: Callable[[str], None] = lambda name: None
 
     def next_script(self, job: dict) -> Script:
         if self.scripts:
@@ -114,6 +121,7 @@ class FakeSandboxBackend:
         return self.statuses.get(name)
 
     def stop(self, name: str) -> None:
+        self.on_stop(name)
         if name in self.statuses:
             self.statuses[name] = "stopped"
 

@@ -3,71 +3,18 @@ and a hand-written fake of the sandbox port, for every input error and runner fa
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from werkzeug.test import Client
 
 from api import chat, health, session, session_messages
-from lib.auth import user_hash
-from lib.bootstrap import Services, build
+from lib.bootstrap import build
 from lib.devtools.dev_server import DevServer
 from tests.conftest import Upstash, free_port, make_settings
-from tests.fakes import FakeSandboxBackend, Script, line, mirror, ok_result
-
-ALICE = {"X-User-Id": "alice"}
-JSON = {**ALICE, "Content-Type": "application/json"}
-SSE = {**JSON, "Accept": "text/event-stream"}
-
-
-class World:
-    def __init__(self, services: Services, sandboxes: FakeSandboxBackend) -> None:
-        self.services = services
-        self.sandboxes = sandboxes
-        self.apps: list[Flask] = [chat.app, session.app, health.app, session_messages.app]
-        for app in self.apps:
-            app.config["SERVICES"] = services
-
-    def client(self, app: Flask = chat.app) -> Client:
-        return app.test_client()
-
-    def turn(self, prompt: str = "hello", headers: dict | None = None):
-        return self.client().post("/api/chat", json={"prompt": prompt}, headers=headers or ALICE)
-
-    def user(self, user_id: str = "alice") -> str:
-        return user_hash(user_id, self.services.settings)
-
-    def stored(self, user_id: str = "alice"):
-        return self.services.state.read(self.user(user_id))
-
-    def lock(self, user_id: str = "alice"):
-        return self.services.state.lock_holder(self.user(user_id))
-
-    def transcript(self, session_id: str = "sess-1", user_id: str = "alice"):
-        return self.services.turns.transcripts.load(
-            {"project_key": self.user(user_id), "session_id": session_id})
-
-
-@pytest.fixture
-def world(upstash_fakeredis: Upstash, tmp_path: Path) -> Iterator[World]:
-    new_ids = (f"sess-{n}" for n in itertools.count(1))
-
-    def agent(job: dict) -> Script:  # resumes the session it is given, or starts a new one
-        session_id = job["resume"] or next(new_ids)
-        return Script([line("session", session_id=session_id), line("text", text="hi "),
-                       mirror(session_id, job["prompt"], "hi there"),
-                       line("text", text="there"), ok_result(session_id, "hi there")])
-
-    sandboxes = FakeSandboxBackend(respond=agent)
-    settings = make_settings(upstash_fakeredis, tmp_path, anthropic_api_key="sk-test-secret")
-    w = World(build(settings, sandboxes=sandboxes), sandboxes)
-    yield w
-    for app in w.apps:
-        app.config["SERVICES"] = None
+from tests.fakes import Script, line, ok_result
+from tests.world import ALICE, JSON, SSE, World
 
 
 def sse_events(body: bytes) -> list[tuple[str, dict]]:

@@ -3,6 +3,7 @@ run in local sandboxes against the offline model; state goes through the Upstash
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -222,3 +223,28 @@ def test_messages_are_read_from_the_durable_transcript(serve, model, tmp_path: P
     assert older["next_before"] == 2
     first = httpx.get(f"{dev.url}/api/session/messages?limit=2&before=2", headers=headers).json()
     assert first["messages"] == body["messages"][:2] and first["next_before"] is None
+
+
+def test_a_sandbox_stopped_by_the_cron_resumes_the_conversation(serve, model, upstash_fakeredis,
+                                                                tmp_path: Path):
+    app, server = model
+    secret = "cron-secret-e2e-0123456789abcdef"
+    dev = serve(server.url, CRON_SECRET=secret)
+    chat(dev.url, "Note: the meeting is at noon.", user="lena")
+    # Two hours pass: age the record and the indexes as the clock would have.
+    settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
+    state, user = build(settings).state, user_hash("lena", settings)
+    lease = state.begin(user)
+    aged = dataclasses.replace(lease.record, last_active_at=lease.record.last_active_at - 7200)
+    state.commit(lease, aged)
+    denied = httpx.get(f"{dev.url}/api/cron/cleanup")
+    assert denied.status_code == 401
+    report = httpx.get(f"{dev.url}/api/cron/cleanup",
+                       headers={"Authorization": f"Bearer {secret}"}).json()
+    assert report["stopped"] == 1 and report["errors"] == 0
+    shown = httpx.get(f"{dev.url}/api/session", headers={"X-User-Id": "lena"}).json()
+    assert shown["sandbox"]["status"] == "stopped"
+    after = chat(dev.url, "When is the meeting?", user="lena").json()
+    assert after["turn"] == 2
+    assert requests_ending_with(app, "When is the meeting?")[-1] == [
+        "Note: the meeting is at noon.", "When is the meeting?"]

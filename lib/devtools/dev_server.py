@@ -14,13 +14,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.serving import run_simple
 
 from lib.devtools.serving import serve_in_background
 
@@ -106,8 +104,11 @@ def main() -> None:
     port = int(os.environ.get("PORT") or 3000)
     print(f"dev: serving {', '.join(app.functions)} and public/ on http://127.0.0.1:{port} "
           f"(AUTH_MODE={settings.auth_mode}, DATA_DIR={settings.data_dir})", flush=True)
-    sys.stdout.flush()
-    run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    server = serve_in_background(app, port, threads=64)
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks: `./scripts/bench [name ...]` (or `python -m bench`). Each prints its numbers."""
