@@ -61,7 +61,12 @@ def error_response(error: ServiceError) -> Response:
 
 
 def services_for_request() -> Services:
-    return current_app.config["SERVICES"] or services()
+    svc: Services = current_app.config["SERVICES"] or services()
+    if svc.settings.sandbox_backend == "vercel" and "x-vercel-oidc-token" in request.headers:
+        from lib.sandboxes.vercel import bind_request_headers
+
+        bind_request_headers(request.headers)
+    return svc
 
 
 def current() -> tuple[Services, str]:

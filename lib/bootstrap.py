@@ -37,9 +37,7 @@ def build(
     redis = connect(settings.redis_url, settings.redis_token, settings.redis_timeout)
     state = StateStore(redis, settings.key_prefix, settings.lock_ttl_ms)
     if sandboxes is None:
-        from lib.sandboxes.local import LocalSandboxBackend
-
-        sandboxes = LocalSandboxBackend(settings.data_dir)
+        sandboxes = sandbox_backend(settings)
     transcripts = _transcripts(settings, redis)
     return Services(
         settings,
@@ -47,6 +45,32 @@ def build(
         TurnService(settings, state, sandboxes, transcripts, clock),
         Cleanup(settings, state, sandboxes, transcripts, clock),
     )
+
+
+def sandbox_backend(settings: Settings) -> SandboxBackend:
+    if settings.sandbox_backend == "vercel":
+        from lib.sandboxes.vercel import VercelSandboxBackend, VercelSandboxConfig
+
+        return VercelSandboxBackend(VercelSandboxConfig(
+            api_url=settings.vercel_sandbox_api_url,
+            token=settings.vercel_token,
+            team_id=settings.vercel_team_id,
+            project_id=settings.vercel_project_id,
+            region=settings.sandbox_region,
+            timeout=settings.sandbox_timeout,
+            vcpus=settings.sandbox_vcpus,
+            image=settings.sandbox_image,
+            base_snapshot_id=settings.sandbox_base_snapshot_id,
+            agent_sdk=settings.sandbox_agent_sdk,
+            allowed_domains=settings.sandbox_allowed_domains,
+            app_tag=settings.key_prefix,
+            name_prefix=settings.sandbox_name_prefix,
+            anthropic_api_key=settings.anthropic_api_key,
+            anthropic_base_url=settings.anthropic_base_url,
+        ))
+    from lib.sandboxes.local import LocalSandboxBackend
+
+    return LocalSandboxBackend(settings.data_dir)
 
 
 def _transcripts(settings: Settings, redis: Redis) -> TranscriptStore:

@@ -73,6 +73,17 @@ class Settings:
     session_ttl: int = 14 * 24 * 3600
     cleanup_batch: int = 200
     cleanup_time_budget: int = 120
+    vercel_sandbox_api_url: str | None = None
+    vercel_token: str | None = field(default=None, repr=False)
+    vercel_team_id: str | None = None
+    vercel_project_id: str | None = None
+    sandbox_region: str = "iad1"
+    sandbox_timeout: int = 1800
+    sandbox_vcpus: int = 2
+    sandbox_image: str | None = None
+    sandbox_base_snapshot_id: str | None = None
+    sandbox_agent_sdk: str = "claude-agent-sdk==0.2.189"
+    sandbox_allowed_domains: tuple[str, ...] = ("pypi.org", "files.pythonhosted.org")
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -114,7 +125,7 @@ class Settings:
             user_hash_key=user_hash_key,
             key_prefix=read.text("KEY_PREFIX") or "agent",
             redis_timeout=read.number("REDIS_TIMEOUT", 5.0, minimum=0.1),
-            sandbox_backend=read.choice("SANDBOX_BACKEND", ("local",), "local"),
+            sandbox_backend=read.choice("SANDBOX_BACKEND", ("local", "vercel"), "local"),
             sandbox_name_prefix=read.text("SANDBOX_NAME_PREFIX") or "agent-",
             data_dir=Path(read.text("DATA_DIR") or ".data").absolute(),
             anthropic_api_key=read.text("ANTHROPIC_API_KEY"),
@@ -145,6 +156,18 @@ class Settings:
             session_ttl=read.integer("SESSION_TTL", 14 * 24 * 3600, minimum=120),
             cleanup_batch=read.integer("CLEANUP_BATCH", 200, minimum=1),
             cleanup_time_budget=read.integer("CLEANUP_TIME_BUDGET", 120, minimum=1),
+            vercel_sandbox_api_url=read.text("VERCEL_SANDBOX_API_URL"),
+            vercel_token=read.text("VERCEL_TOKEN"),
+            vercel_team_id=read.text("VERCEL_TEAM_ID"),
+            vercel_project_id=read.text("VERCEL_PROJECT_ID"),
+            sandbox_region=read.text("SANDBOX_REGION") or "iad1",
+            sandbox_timeout=read.integer("SANDBOX_TIMEOUT", 1800, minimum=60),
+            sandbox_vcpus=read.integer("SANDBOX_VCPUS", 2, minimum=1),
+            sandbox_image=read.text("SANDBOX_IMAGE"),
+            sandbox_base_snapshot_id=read.text("SANDBOX_BASE_SNAPSHOT_ID"),
+            sandbox_agent_sdk=read.text("SANDBOX_AGENT_SDK") or "claude-agent-sdk==0.2.189",
+            sandbox_allowed_domains=read.names("SANDBOX_ALLOWED_DOMAINS")
+            if "SANDBOX_ALLOWED_DOMAINS" in env else ("pypi.org", "files.pythonhosted.org"),
         )
         if settings.session_ttl <= settings.idle_stop_after:
             raise ConfigError("SESSION_TTL must be longer than IDLE_STOP_AFTER")
@@ -154,6 +177,8 @@ class Settings:
             )
         if settings.cleanup_time_budget >= settings.function_max_duration:
             raise ConfigError("CLEANUP_TIME_BUDGET must be below FUNCTION_MAX_DURATION")
+        if settings.sandbox_timeout <= settings.turn_timeout:
+            raise ConfigError("SANDBOX_TIMEOUT must be longer than TURN_TIMEOUT")
         if settings.transcript_store == "s3" and not settings.s3_bucket:
             raise ConfigError("TRANSCRIPT_S3_BUCKET is required when TRANSCRIPT_STORE=s3")
         if settings.turn_timeout >= settings.function_max_duration:

@@ -107,7 +107,7 @@ class TurnService:
         if self.settings.anthropic_base_url:
             env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
         env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY
-        return env
+        return {**env, **sandbox.env}  # e.g. Vercel: the key is injected by the network policy
 
 
 class Turn:

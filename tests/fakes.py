@@ -80,6 +80,7 @@ class FakeSandbox:
     python: str = "python3"
     home: str = "/home/agent"
     workdir: str = "/home/agent/work"
+    env: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
 
     def run(self, argv: list[str], env: Mapping[str, str]) -> FakeProcess:

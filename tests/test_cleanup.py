@@ -7,13 +7,9 @@ from dataclasses import replace
 
 from lib.cleanup import Cleanup
 from tests.fakes import Script, line, mirror, ok_result
-from tests.world import Clock, World
+from tests.world import Clock, World, user
 
 HOUR, DAY = 3600, 24 * 3600
-
-
-def user(name: str) -> dict[str, str]:
-    return {"X-User-Id": name}
 
 
 def snapshot(world: World, name: str):

@@ -24,6 +24,11 @@ SSE = {**JSON, "Accept": "text/event-stream"}
 CRON_SECRET = "cron-secret-for-tests-0123456789"
 
 
+def user(name: str) -> dict[str, str]:
+    """Headers naming a caller in AUTH_MODE=dev."""
+    return {"X-User-Id": name}
+
+
 class Clock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now

@@ -38,6 +38,7 @@ class Sandbox(Protocol):
     python: str  # the interpreter that has claude-agent-sdk, as a path inside the sandbox
     home: str  # $HOME inside the sandbox; the Claude config dir is $HOME/.claude
     workdir: str  # the fixed cwd of every agent turn (transcript paths derive from it)
+    env: Mapping[str, str]  # what this backend's runner needs; wins over the service's env
 
     def run(self, argv: list[str], env: Mapping[str, str]) -> Process: ...
 

@@ -68,6 +68,7 @@ class LocalSandbox:
         self.python = sys.executable  # the dev venv has claude-agent-sdk and its bundled CLI
         self.home = str(root / "home")
         self.workdir = str(root / "work")
+        self.env: dict[str, str] = {}
 
     def run(self, argv: list[str], env: Mapping[str, str]) -> LocalProcess:
         base = {k: os.environ[k] for k in _INHERITED if k in os.environ}
