@@ -15,6 +15,7 @@ from upstash_redis import Redis
 from lib.cleanup import Cleanup
 from lib.config import Settings
 from lib.errors import ConfigError
+from lib.limits import TurnLimits
 from lib.sandboxes import SandboxBackend
 from lib.state import StateStore, connect
 from lib.transcripts import TranscriptStore
@@ -42,7 +43,9 @@ def build(
     return Services(
         settings,
         state,
-        TurnService(settings, state, sandboxes, transcripts, clock),
+        TurnService(settings, state, sandboxes, transcripts,
+                    TurnLimits(redis, settings.key_prefix, settings.rate_limit,
+                               settings.max_turns_per_day), clock),
         Cleanup(settings, state, sandboxes, transcripts, clock),
     )
 

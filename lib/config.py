@@ -68,6 +68,8 @@ class Settings:
     s3_prefix: str = "transcripts/"
     s3_region: str | None = None
     s3_endpoint_url: str | None = None
+    rate_limit: tuple[int, int] | None = (20, 60)
+    max_turns_per_day: int | None = None
     cron_secret: str | None = field(default=None, repr=False)
     idle_stop_after: int = 900
     session_ttl: int = 14 * 24 * 3600
@@ -151,6 +153,8 @@ class Settings:
             s3_prefix=read.text("TRANSCRIPT_S3_PREFIX") or "transcripts/",
             s3_region=read.text("TRANSCRIPT_S3_REGION"),
             s3_endpoint_url=read.text("TRANSCRIPT_S3_ENDPOINT_URL"),
+            rate_limit=read.rate("RATE_LIMIT", (20, 60)),
+            max_turns_per_day=read.integer("MAX_TURNS_PER_DAY", 0, minimum=0) or None,
             cron_secret=read.text("CRON_SECRET"),
             idle_stop_after=read.integer("IDLE_STOP_AFTER", 900, minimum=60),
             session_ttl=read.integer("SESSION_TTL", 14 * 24 * 3600, minimum=120),
@@ -226,6 +230,18 @@ class _Reader:
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}; got {raw!r}")
         return value
+
+    def rate(self, name: str, default: tuple[int, int]) -> tuple[int, int] | None:
+        """`N/S`: N per S seconds; `off` disables."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() == "off":
+            return None
+        count, _, seconds = raw.partition("/")
+        if not (count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
+            raise ConfigError(f"{name} must look like 20/60 (turns per seconds) or off; got {raw!r}")
+        return int(count), int(seconds)
 
     def names(self, name: str) -> tuple[str, ...]:
         raw = self.text(name) or ""

@@ -8,10 +8,13 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        if code:
+            self.code = code
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -49,6 +52,11 @@ class UnsupportedMediaType(ServiceError):
 class TurnInProgress(ServiceError):
     status = 409
     code = "turn_in_progress"
+
+
+class RateLimited(ServiceError):
+    status = 429
+    code = "rate_limited"
 
 
 class LockLost(ServiceError):

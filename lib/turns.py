@@ -22,6 +22,7 @@ from lib.config import Settings
 from lib.conversation import Message, messages_from
 from lib.errors import AgentFailed, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
+from lib.limits import TurnLimits
 from lib.runner import RUNNER_SOURCE_PATH
 from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
 from lib.state import Lease, SessionRecord, StateStore
@@ -50,20 +51,25 @@ class TurnService:
         state: StateStore,
         sandboxes: SandboxBackend,
         transcripts: TranscriptStore,
+        limits: TurnLimits,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = state
         self.sandboxes = sandboxes
         self.transcripts = transcripts
+        self.limits = limits
         self.clock = clock
         source = RUNNER_SOURCE_PATH.read_bytes()
         self._runner_source = source
         self._runner_version = hashlib.sha256(source).hexdigest()[:12]
 
     def start(self, user_id: str, prompt: str) -> Turn:
-        """Take the user's lock (TurnInProgress if busy) and load their record."""
-        return Turn(self, self.state.begin(user_hash(user_id, self.settings)), prompt)
+        """Count the turn against the user's limits (RateLimited), take their lock
+        (TurnInProgress if busy) and load their record."""
+        user = user_hash(user_id, self.settings)
+        self.limits.check(user)
+        return Turn(self, self.state.begin(user), prompt)
 
     def describe(self, user_id: str) -> SessionView | None:
         record = self.state.read(user_hash(user_id, self.settings))
@@ -116,6 +122,8 @@ class Turn:
         self.lease = lease
         self.prompt = prompt
         self._settled = False
+        # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
+        self.deadline = time.monotonic() + service.settings.turn_timeout
 
     def events(self) -> Iterator[TurnEvent]:
         """Run the turn. If the consumer goes away mid-stream, the turn still runs to its end and
@@ -163,12 +171,27 @@ class Turn:
             log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
             resume, restore = yield from self._restorable(resume)
             outcome = yield from self._attempt(sandbox, runner, resume, restore)
+        if outcome["type"] == "timeout":
+            if outcome["session_id"]:  # what the turn did is in its transcript: keep it
+                self._save(outcome["session_id"])
+            raise TurnTimeout(f"the turn ran out of its {service.settings.turn_timeout} s; "
+                              "what it did so far is kept and the conversation goes on")
         if outcome["type"] != "result":
             raise AgentFailed("the agent could not find its conversation after a restore")
+        saved = self._save(outcome["session_id"])
+        usage = {k: v for k, v in (outcome.get("usage") or {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
+                       outcome.get("cost_usd"))
+
+    def _save(self, session_id: str) -> SessionRecord:
+        """Commit the record (and release the lock): one more turn of this session, or the
+        first of a new one."""
+        service, record = self.service, self.lease.record
         now = service.clock()
-        continued = record is not None and outcome["session_id"] == record.session_id
+        continued = record is not None and session_id == record.session_id
         saved = SessionRecord(
-            session_id=outcome["session_id"],
+            session_id=session_id,
             sandbox_name=service.sandbox_name(self.lease),
             turns=record.turns + 1 if continued and record else 1,
             created_at=record.created_at if continued and record else now,
@@ -176,10 +199,7 @@ class Turn:
         )
         service.state.commit(self.lease, saved)
         self._settled = True
-        usage = {k: v for k, v in (outcome.get("usage") or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
-                       outcome.get("cost_usd"))
+        return saved
 
     def _restorable(self, session_id: str) -> Iterator[TurnEvent]:
         """(resume, restore) for a session whose local transcript is gone: the durable copy, or
@@ -217,18 +237,20 @@ class Turn:
 
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
         """Forward the runner's lines as events, mirror its transcript batches; return its
-        result (or restore_needed) line, or raise."""
+        result (or restore_needed) line, {"type": "timeout", "session_id"} when the turn's
+        deadline stopped it, or raise."""
         timed_out = threading.Event()
 
         def expire() -> None:
             timed_out.set()
             process.kill()
 
-        timer = threading.Timer(self.service.settings.turn_timeout, expire)
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), expire)
         timer.daemon = True
         timer.start()
         result: dict[str, Any] | None = None
         failure: dict[str, Any] | None = None
+        session_id: str | None = None
         garbage = 0
         try:
             for line in process.lines():
@@ -240,6 +262,8 @@ class Turn:
                     continue
                 if kind == "text":
                     yield TextDelta(str(message.get("text", "")))
+                elif kind == "session":
+                    session_id = str(message.get("session_id") or "") or None
                 elif kind in ("tool_use", "tool_result"):
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":
@@ -253,7 +277,7 @@ class Turn:
             timer.cancel()
             process.kill()
         if timed_out.is_set():
-            raise TurnTimeout(f"the turn took longer than {self.service.settings.turn_timeout} s")
+            return {"type": "timeout", "session_id": session_id}
         if failure or result is None:
             log.warning("runner failed (exit %s, %d garbage lines): %s | stderr: %s", code,
                         garbage, failure, process.stderr_tail())

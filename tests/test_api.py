@@ -312,3 +312,38 @@ def test_forget_deletes_the_durable_transcripts_too(world: World):
     assert world.client(session.app).delete("/api/session", headers=ALICE).status_code == 204
     assert world.transcript() is None
     assert world.services.turns.transcripts.list_sessions(world.user()) == []
+
+
+def test_a_timed_out_turn_keeps_its_session_and_the_next_turn_continues(world: World):
+    world.services.settings.__dict__["turn_timeout"] = 1
+    world.sandboxes.scripts.append(Script([line("session", session_id="sess-9"),
+                                           line("text", text="thinking...")], hang=True))
+    events = sse_events(world.client().post("/api/chat", json={"prompt": "long"}, headers=SSE).data)
+    assert events[0] == ("text", {"text": "thinking..."})
+    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "turn_timeout"
+    assert world.stored().session_id == "sess-9" and world.lock() is None
+    world.services.settings.__dict__["turn_timeout"] = 240
+    after = world.turn("go on")
+    assert after.status_code == 200 and after.json["session_id"] == "sess-9"
+    assert world.sandboxes.runs[-1]["job"]["resume"] == "sess-9"
+
+
+def test_rate_limit_and_daily_cap_answer_429_and_change_nothing(world: World):
+    from lib.limits import TurnLimits
+
+    turns = world.services.turns
+    turns.limits = TurnLimits(world.services.state.redis, world.services.settings.key_prefix,
+                              rate=(2, 60), per_day=None)
+    before = seed(world)  # the first of two
+    assert world.turn("second").status_code == 200
+    limited = world.turn("third")
+    assert limited.status_code == 429 and limited.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert world.stored().turns == before.turns + 1 and world.lock() is None
+    assert world.turn("for bob", {"X-User-Id": "bob"}).status_code == 200  # per user
+
+    turns.limits = TurnLimits(world.services.state.redis, f"{world.services.settings.key_prefix}2",
+                              rate=None, per_day=1)
+    assert world.turn("once today").status_code == 200
+    capped = world.turn("twice today")
+    assert capped.status_code == 429 and capped.json["error"]["code"] == "daily_limit_reached"

@@ -46,6 +46,11 @@ def test_vercel_kv_names_are_accepted():
         ({"AGENT_PERMISSION_MODE": "yolo"}, "AGENT_PERMISSION_MODE"),
         ({"MAX_PROMPT_CHARS": "0"}, "MAX_PROMPT_CHARS"),
         ({"REDIS_TIMEOUT": "-1"}, "REDIS_TIMEOUT"),
+        ({"RATE_LIMIT": "20 per minute"}, "RATE_LIMIT"),
+        ({"RATE_LIMIT": "0/60"}, "RATE_LIMIT"),
+        ({"SESSION_TTL": "600", "IDLE_STOP_AFTER": "900"}, "SESSION_TTL"),
+        ({"SANDBOX_BACKEND": "docker"}, "SANDBOX_BACKEND"),
+        ({"TRANSCRIPT_STORE": "s3"}, "TRANSCRIPT_S3_BUCKET"),
     ],
 )
 def test_a_bad_setting_names_its_variable(env: dict[str, str], names: str):
@@ -64,3 +69,9 @@ def test_agent_options_come_from_the_operator():
     s = settings(AGENT_ALLOWED_TOOLS="Read, Grep", AGENT_MAX_TURNS="3", AGENT_MODEL="m")
     assert s.agent.to_job()["allowed_tools"] == ["Read", "Grep"]
     assert s.agent.max_turns == 3 and s.agent.model == "m"
+
+
+def test_rate_limit_forms():
+    assert settings().rate_limit == (20, 60)
+    assert settings(RATE_LIMIT="5/10").rate_limit == (5, 10)
+    assert settings(RATE_LIMIT="off").rate_limit is None
