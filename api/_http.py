@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from lib import logs
 from lib.auth import identify
 from lib.bootstrap import Services, services
 from lib.errors import (
@@ -25,8 +28,23 @@ log = logging.getLogger("agent.api")
 
 
 def create_app(name: str) -> Flask:
+    logs.configure()
     app = Flask(name)
     app.config["SERVICES"] = None  # None: built from the environment; tests put their own here
+
+    @app.before_request
+    def start() -> None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("x-vercel-id") or uuid.uuid4().hex
+        logs.request_id.set(g.request_id)
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.request_id
+        logs.event(log, "request", method=request.method, path=request.path,
+                   status=response.status_code,
+                   duration_ms=round((time.perf_counter() - g.started) * 1000, 1))
+        return response
 
     @app.errorhandler(ServiceError)
     def service_error(error: ServiceError) -> Response:

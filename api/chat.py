@@ -27,4 +27,7 @@ def chat() -> Response:
         response.call_on_close(turn.close)
         return response
     status, answer = to_json(turn.events())
-    return json_response(answer, status)
+    response = json_response(answer, status)
+    response.headers["Server-Timing"] = ", ".join(
+        f"{phase};dur={ms}" for phase, ms in turn.timings.items())
+    return response

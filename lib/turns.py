@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from lib import logs
 from lib.auth import user_hash
 from lib.config import Settings
 from lib.conversation import Message, messages_from
@@ -69,7 +71,11 @@ class TurnService:
         (TurnInProgress if busy) and load their record."""
         user = user_hash(user_id, self.settings)
         self.limits.check(user)
-        return Turn(self, self.state.begin(user), prompt)
+        started = time.perf_counter()
+        lease = self.state.begin(user)
+        turn = Turn(self, lease, prompt)
+        turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)
+        return turn
 
     def describe(self, user_id: str) -> SessionView | None:
         record = self.state.read(user_hash(user_id, self.settings))
@@ -122,6 +128,7 @@ class Turn:
         self.lease = lease
         self.prompt = prompt
         self._settled = False
+        self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
         # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
         self.deadline = time.monotonic() + service.settings.turn_timeout
 
@@ -148,20 +155,41 @@ class Turn:
             except ServiceError as error:  # the lease expires on its own
                 log.warning("could not release turn lock: %s", error.message)
 
-    def _steps(self) -> Iterator[TurnEvent]:
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
         try:
-            yield from self._run()
+            yield
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + elapsed, 1)
+
+    def _steps(self) -> Iterator[TurnEvent]:
+        outcome: TurnEvent
+        try:
+            for outcome in self._run():
+                yield outcome
         except ServiceError as error:
-            yield TurnFailed(error)
+            outcome = TurnFailed(error)
+            yield outcome
         except Exception:
             log.exception("turn failed unexpectedly")
-            yield TurnFailed(ServiceError("the turn failed unexpectedly"))
+            outcome = TurnFailed(ServiceError("the turn failed unexpectedly"))
+            yield outcome
+        fields: dict[str, Any] = {"user": self.lease.user, "timings_ms": self.timings}
+        if isinstance(outcome, TurnDone):
+            fields.update(outcome="done", session_id=outcome.session_id, turn=outcome.turn,
+                          cost_usd=outcome.cost_usd, usage=outcome.usage)
+        elif isinstance(outcome, TurnFailed):
+            fields.update(outcome=outcome.error.code)
+        logs.event(log, "turn", **fields)
 
     def _run(self) -> Iterator[TurnEvent]:
         service, record = self.service, self.lease.record
-        attachment = service.sandboxes.attach(service.sandbox_name(self.lease))
-        sandbox = attachment.sandbox
-        runner = service.install_runner(sandbox)
+        with self._timed("attach"):
+            attachment = service.sandboxes.attach(service.sandbox_name(self.lease))
+            sandbox = attachment.sandbox
+            runner = service.install_runner(sandbox)
         resume = record.session_id if record else None
         restore = None
         if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
@@ -197,7 +225,8 @@ class Turn:
             created_at=record.created_at if continued and record else now,
             last_active_at=now,
         )
-        service.state.commit(self.lease, saved)
+        with self._timed("save"):
+            service.state.commit(self.lease, saved)
         self._settled = True
         return saved
 
@@ -217,10 +246,11 @@ class Turn:
         job = {"prompt": self.prompt, "resume": resume, "restore": restore, "cwd": sandbox.workdir,
                "options": self.service.settings.agent.to_job()}
         job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
-        sandbox.write_file(job_path, json.dumps(job).encode())
-        return (yield from self._stream(
-            sandbox.run([sandbox.python, runner, job_path], self.service.runner_env(sandbox))
-        ))
+        with self._timed("run"):
+            sandbox.write_file(job_path, json.dumps(job).encode())
+            return (yield from self._stream(
+                sandbox.run([sandbox.python, runner, job_path], self.service.runner_env(sandbox))
+            ))
 
     def _mirror(self, message: dict[str, Any]) -> None:
         """Store a transcript batch durably, under this user's key whatever the sandbox says."""

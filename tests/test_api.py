@@ -347,3 +347,32 @@ def test_rate_limit_and_daily_cap_answer_429_and_change_nothing(world: World):
     assert world.turn("once today").status_code == 200
     capped = world.turn("twice today")
     assert capped.status_code == 429 and capped.json["error"]["code"] == "daily_limit_reached"
+
+
+def test_logs_are_json_with_request_ids_and_no_secrets(world: World, capsys):
+    import logging
+
+    from lib import logs
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("agent")
+    logger.addHandler(handler)
+    try:
+        response = world.turn("log me")
+        world.sandboxes.scripts.append(Script([], exit_code=1, stderr="boom"))
+        world.turn("fail me")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
+    turns = [entry for entry in lines if entry["message"] == "turn"]
+    assert [t["outcome"] for t in turns] == ["done", "agent_failed"]
+    assert turns[0]["session_id"] == "sess-1" and turns[0]["user"] == world.user()
+    assert set(turns[0]["timings_ms"]) == {"lock", "attach", "run", "save"}
+    requests = [entry for entry in lines if entry["message"] == "request"]
+    assert requests[0]["request_id"] == response.headers["X-Request-Id"]
+    assert "run;dur=" in response.headers["Server-Timing"]
+    text = "\n".join(json.dumps(entry) for entry in lines)
+    settings = world.services.settings
+    for secret in (settings.anthropic_api_key, settings.redis_token, "log me"):
+        assert secret not in text
