@@ -248,3 +248,54 @@ def test_a_sandbox_stopped_by_the_cron_resumes_the_conversation(serve, model, up
     assert after["turn"] == 2
     assert requests_ending_with(app, "When is the meeting?")[-1] == [
         "Note: the meeting is at noon.", "When is the meeting?"]
+
+
+def test_fifty_simultaneous_turns_for_one_user_run_exactly_one(serve, model, upstash_fakeredis,
+                                                                tmp_path: Path):
+    _, server = model
+    dev = serve(server.url, RATE_LIMIT="off")
+    barrier = threading.Barrier(50)
+    results: list[httpx.Response] = []
+
+    def go(i: int) -> None:
+        barrier.wait()
+        results.append(chat(dev.url, f"attempt {i}", user="mia"))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200] + [409] * 49, [r.text for r in results if r.status_code != 409]
+    settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
+    state, user = build(settings).state, user_hash("mia", settings)
+    assert state.read(user).turns == 1 and state.lock_holder(user) is None
+
+
+def test_twenty_users_in_parallel_each_see_only_their_own_history(serve, model):
+    app, server = model
+    dev = serve(server.url)
+    names = [f"user{i:02d}" for i in range(20)]
+
+    def parallel(prompt_for) -> dict[str, httpx.Response]:
+        answers: dict[str, httpx.Response] = {}
+        threads = [threading.Thread(target=lambda n=n: answers.__setitem__(
+            n, chat(dev.url, prompt_for(n), user=n))) for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return answers
+
+    first = parallel(lambda n: f"I am {n}.")
+    assert all(a.status_code == 200 for a in first.values()), [a.text for a in first.values()]
+    second = parallel(lambda n: f"Who am I, {n}?")
+    for name in names:
+        answer = second[name]
+        assert answer.status_code == 200 and answer.json()["turn"] == 2
+        assert answer.json()["session_id"] == first[name].json()["session_id"]
+        assert requests_ending_with(app, f"Who am I, {name}?")[-1] == [f"I am {name}.",
+                                                                        f"Who am I, {name}?"]
+        others = [n for n in names if n != name and f"I am {n}." in answer.json()["text"]]
+        assert others == []

@@ -1,0 +1,149 @@
+"""The OpenAPI document of the API, served at /api/openapi.json. tests/test_openapi.py keeps
+it true: every route of every function is here with its methods, and every error code the
+service can answer is listed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_CODES = [
+    "invalid_request", "unauthorized", "not_found", "method_not_allowed", "payload_too_large",
+    "unsupported_media_type", "turn_in_progress", "lock_lost", "rate_limited",
+    "daily_limit_reached", "agent_failed", "turn_timeout", "state_unavailable",
+    "sandbox_unavailable", "misconfigured", "internal_error", "transcript_entry_too_large",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+AUTH = [{"bearer": []}, {"devUser": []}]
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Agent sessions",
+        "version": "1.0.0",
+        "description": "One long-lived Claude agent conversation per signed-in user.",
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                       "description": "HS256 JWT whose `sub` is the user id"},
+            "devUser": {"type": "apiKey", "in": "header", "name": "X-User-Id",
+                        "description": "AUTH_MODE=dev only (local development)"},
+            "cronSecret": {"type": "http", "scheme": "bearer",
+                           "description": "Bearer $CRON_SECRET"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string", "enum": ERROR_CODES},
+                                   "message": {"type": "string"}},
+                }},
+            },
+            "ChatRequest": {
+                "type": "object", "required": ["prompt"],
+                "properties": {"prompt": {"type": "string", "minLength": 1,
+                                          "description": "at most MAX_PROMPT_CHARS characters"}},
+                "description": "Other fields are ignored.",
+            },
+            "TurnResult": {
+                "type": "object", "required": ["session_id", "text", "turn"],
+                "properties": {
+                    "session_id": {"type": "string"}, "text": {"type": "string"},
+                    "turn": {"type": "integer"},
+                    "usage": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "cost_usd": {"type": ["number", "null"]},
+                    "notices": {"type": "array", "items": {"type": "object", "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"}}}},
+                },
+            },
+            "Session": {
+                "type": "object",
+                "properties": {
+                    "session_id": {"type": "string"}, "turns": {"type": "integer"},
+                    "created_at": {"type": "number"}, "last_active_at": {"type": "number"},
+                    "sandbox": {"type": "object", "properties": {"status": {
+                        "type": "string", "enum": ["running", "stopped", "missing"]}}},
+                },
+            },
+            "Messages": {
+                "type": "object",
+                "properties": {
+                    "messages": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"},
+                        "role": {"type": "string", "enum": ["user", "assistant"]},
+                        "text": {"type": "string"},
+                        "created_at": {"type": ["string", "null"]}}}},
+                    "next_before": {"type": ["integer", "null"]},
+                },
+            },
+            "CleanupReport": {
+                "type": "object",
+                "properties": {name: {"type": "integer"} for name in (
+                    "stopped", "expired", "orphans_removed", "skipped_busy", "errors",
+                    "duration_ms")} | {"more": {"type": "boolean"}},
+            },
+        },
+        "responses": {"Error": _json(_ref("Error"), "An error; see `error.code`")},
+    },
+    "paths": {
+        "/api/chat": {"post": {
+            "summary": "One turn of the caller's conversation",
+            "security": AUTH,
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("ChatRequest")}}},
+            "responses": {
+                "200": {"description": "The turn's result, or with `Accept: text/event-stream`"
+                                       " SSE events text, tool_use, tool_result, notice, then"
+                                       " done or error",
+                        "content": {"application/json": {"schema": _ref("TurnResult")},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                **_errors(400, 401, 409, 413, 415, 429, 500, 502, 503, 504),
+            },
+        }},
+        "/api/session": {
+            "get": {"summary": "The caller's session record", "security": AUTH,
+                    "responses": {"200": _json(_ref("Session"), "The record"),
+                                  **_errors(401, 404, 503)}},
+            "delete": {"summary": "Forget the conversation and its sandbox", "security": AUTH,
+                       "responses": {"204": {"description": "Forgotten"},
+                                     **_errors(401, 409, 503)}},
+        },
+        "/api/session/messages": {"get": {
+            "summary": "The conversation, from the durable transcript", "security": AUTH,
+            "parameters": [
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {"200": _json(_ref("Messages"), "A page of messages, oldest first"),
+                          **_errors(400, 401, 404, 503)},
+        }},
+        "/api/health": {"get": {
+            "summary": "Is the state store reachable?",
+            "responses": {"200": _json({"type": "object"}, "Healthy"), **_errors(500, 503)},
+        }},
+        "/api/cron/cleanup": {"get": {
+            "summary": "The scheduled sweep", "security": [{"cronSecret": []}],
+            "responses": {"200": _json(_ref("CleanupReport"), "What the run did"),
+                          **_errors(401, 500, 503)},
+        }},
+        "/api/openapi.json": {"get": {
+            "summary": "This document",
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
+        }},
+    },
+}
