@@ -10,11 +10,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
 
 import jwt
 
 from lib.config import Settings
-from lib.errors import Unauthorized
+from lib.errors import AuthUnavailable, Unauthorized
 
 _DEV_USER_ID = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
 MAX_SUBJECT_CHARS = 256
@@ -32,21 +34,41 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <JWT>")
     try:
+        key, algorithms = _key_for(token.strip(), settings)
         claims = jwt.decode(
             token.strip(),
-            settings.jwt_secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=algorithms,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway,
             options={"require": ["sub", "exp"], "verify_aud": settings.jwt_audience is not None},
         )
+    except jwt.PyJWKClientConnectionError as error:  # the identity provider, not the caller
+        raise AuthUnavailable(f"could not fetch the signing keys: {error}") from None
     except jwt.PyJWTError as error:
         raise Unauthorized(f"invalid token: {error}") from None
     subject = claims["sub"]
     if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
         raise Unauthorized(f"invalid token: sub must be a string of 1-{MAX_SUBJECT_CHARS} chars")
     return subject
+
+
+@lru_cache(maxsize=4)
+def _jwks(url: str) -> jwt.PyJWKClient:
+    """One client per process and URL: it caches the key set (5 min) between requests."""
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+
+
+def _key_for(token: str, settings: Settings) -> tuple[Any, list[str]]:
+    """HS256 tokens are checked with AUTH_JWT_SECRET; RS256/ES256 ones with the JWKS key their
+    `kid` names. The algorithm list is fixed per key type, so `alg` cannot be switched."""
+    header = jwt.get_unverified_header(token)
+    if header.get("alg") == "HS256" and settings.jwt_secret:
+        return settings.jwt_secret, ["HS256"]
+    if settings.jwks_url:
+        return _jwks(settings.jwks_url).get_signing_key_from_jwt(token).key, ["RS256", "ES256"]
+    raise jwt.InvalidAlgorithmError(f"algorithm {header.get('alg')!r} is not accepted")
 
 
 def user_hash(user_id: str, settings: Settings) -> str:

@@ -45,6 +45,7 @@ class Settings:
     redis_token: str = field(repr=False)
     auth_mode: str = "jwt"
     jwt_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: int = 30
@@ -105,12 +106,18 @@ class Settings:
                 f"it is refused when VERCEL_ENV={env['VERCEL_ENV']}"
             )
         jwt_secret = read.text("AUTH_JWT_SECRET")
-        if auth_mode == "jwt" and not jwt_secret:
-            raise ConfigError("AUTH_JWT_SECRET is required when AUTH_MODE=jwt (the default)")
+        jwks_url = read.text("AUTH_JWKS_URL")
+        if auth_mode == "jwt" and not (jwt_secret or jwks_url):
+            raise ConfigError(
+                "AUTH_JWT_SECRET (HS256) or AUTH_JWKS_URL (RS256/ES256) is required when "
+                "AUTH_MODE=jwt (the default)"
+            )
         if jwt_secret is not None and len(jwt_secret) < 32:
             raise ConfigError("AUTH_JWT_SECRET must be at least 32 characters (HS256 key)")
         user_hash_key = read.text("USER_HASH_SECRET") or jwt_secret
         if user_hash_key is None:
+            if auth_mode == "jwt":
+                raise ConfigError("USER_HASH_SECRET is required when AUTH_JWT_SECRET is not set")
             user_hash_key = DEV_HASH_KEY
         if not (read.text("ANTHROPIC_API_KEY") or read.text("ANTHROPIC_BASE_URL")):
             raise ConfigError(
@@ -121,6 +128,7 @@ class Settings:
             redis_token=redis_token,
             auth_mode=auth_mode,
             jwt_secret=jwt_secret,
+            jwks_url=jwks_url,
             jwt_audience=read.text("AUTH_JWT_AUDIENCE"),
             jwt_issuer=read.text("AUTH_JWT_ISSUER"),
             jwt_leeway=read.integer("AUTH_JWT_LEEWAY", 30, minimum=0),

@@ -81,6 +81,13 @@ class StateUnavailable(ServiceError):
     code = "state_unavailable"
 
 
+class AuthUnavailable(ServiceError):
+    """The identity provider's keys could not be fetched: not the caller's fault."""
+
+    status = 503
+    code = "auth_unavailable"
+
+
 class SandboxUnavailable(ServiceError):
     status = 503
     code = "sandbox_unavailable"

@@ -10,7 +10,8 @@ ERROR_CODES = [
     "invalid_request", "unauthorized", "not_found", "method_not_allowed", "payload_too_large",
     "unsupported_media_type", "turn_in_progress", "lock_lost", "rate_limited",
     "daily_limit_reached", "agent_failed", "turn_timeout", "state_unavailable",
-    "sandbox_unavailable", "misconfigured", "internal_error", "transcript_entry_too_large",
+    "sandbox_unavailable", "auth_unavailable", "misconfigured", "internal_error",
+    "transcript_entry_too_large",
 ]
 
 

@@ -65,3 +65,70 @@ def test_the_user_hash_is_keyed_and_stable():
     a, b = settings(AUTH_JWT_SECRET=SECRET), settings(AUTH_JWT_SECRET="t" * 40)
     assert user_hash("u", a) == user_hash("u", a) != user_hash("u", b)
     assert user_hash("u", a) != user_hash("v", a)
+
+
+class TestJwks:
+    """RS256/ES256 tokens from an identity provider, checked against its JWKS URL (served here)."""
+
+    @pytest.fixture
+    def idp(self):
+        import json as _json
+
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        from lib.auth import _jwks
+        from lib.devtools.serving import serve_in_background
+
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        keys = []
+        for kid, key, algorithm in (("r1", rsa_key, jwt.algorithms.RSAAlgorithm),
+                                    ("e1", ec_key, jwt.algorithms.ECAlgorithm)):
+            jwk = _json.loads(algorithm.to_jwk(key.public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig"})
+        body = _json.dumps({"keys": keys}).encode()
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+
+        server = serve_in_background(app)
+        _jwks.cache_clear()
+        yield server, rsa_key, ec_key
+        server.stop()
+        _jwks.cache_clear()
+
+    def jwks_settings(self, url: str):
+        return settings(AUTH_JWT_SECRET="", AUTH_JWKS_URL=url, USER_HASH_SECRET="h" * 40)
+
+    def test_rs256_and_es256_tokens_are_accepted(self, idp):
+        server, rsa_key, ec_key = idp
+        s = self.jwks_settings(f"{server.url}/jwks.json")
+        claims = {"sub": "idp-user", "exp": time.time() + 60}
+        for key, alg, kid in ((rsa_key, "RS256", "r1"), (ec_key, "ES256", "e1")):
+            signed = jwt.encode(claims, key, alg, headers={"kid": kid})
+            assert identify(bearer(signed), s) == "idp-user"
+
+    def test_unknown_keys_and_switched_algorithms_are_refused(self, idp):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        server, rsa_key, _ = idp
+        s = self.jwks_settings(f"{server.url}/jwks.json")
+        stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        claims = {"sub": "u", "exp": time.time() + 60}
+        for forged in (jwt.encode(claims, stranger, "RS256", headers={"kid": "r1"}),
+                       jwt.encode(claims, stranger, "RS256", headers={"kid": "nope"}),
+                       jwt.encode(claims, "x" * 40, "HS256", headers={"kid": "r1"})):
+            with pytest.raises(Unauthorized):
+                identify(bearer(forged), s)
+
+    def test_an_unreachable_jwks_is_503_not_401(self, idp):
+        from lib.errors import AuthUnavailable
+        from tests.conftest import free_port
+
+        _, rsa_key, _ = idp
+        s = self.jwks_settings(f"http://127.0.0.1:{free_port()}/jwks.json")
+        signed = jwt.encode({"sub": "u", "exp": time.time() + 60}, rsa_key, "RS256",
+                            headers={"kid": "r1"})
+        with pytest.raises(AuthUnavailable):
+            identify(bearer(signed), s)
