@@ -4,6 +4,7 @@ from flask import Response, request
 
 from api._http import create_app, current, json_body, json_response
 from lib.errors import InvalidRequest, PayloadTooLarge
+from lib.options import for_turn
 from lib.streaming import to_json, to_sse
 
 app = create_app(__name__)
@@ -18,7 +19,9 @@ def chat() -> Response:
         raise InvalidRequest('"prompt" must be a non-empty string')
     if len(prompt) > svc.settings.max_prompt_chars:
         raise PayloadTooLarge(f'"prompt" is over {svc.settings.max_prompt_chars} characters')
-    turn = svc.turns.start(user_id, prompt)
+    options = for_turn(svc.settings.agent, body.get("options"), svc.settings.client_options,
+                       svc.settings.max_prompt_chars)
+    turn = svc.turns.start(user_id, prompt, options)
     if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == (
         "text/event-stream"
     ):

@@ -14,6 +14,8 @@ from pathlib import Path
 from lib.errors import ConfigError
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+CLIENT_OPTION_NAMES = ("model", "system_prompt", "allowed_tools", "disallowed_tools",
+                       "permission_mode", "max_turns")
 DEV_HASH_KEY = "dev-only-user-hash-key"
 
 
@@ -58,6 +60,7 @@ class Settings:
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     agent: AgentOptions = AgentOptions()
+    client_options: tuple[str, ...] = ()
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
     turn_timeout: int = 240
@@ -148,6 +151,7 @@ class Settings:
                 permission_mode=read.choice("AGENT_PERMISSION_MODE", PERMISSION_MODES, "default"),
                 max_turns=read.integer("AGENT_MAX_TURNS", 8, minimum=1),
             ),
+            client_options=read.names("CLIENT_OPTIONS"),
             max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
             max_body_bytes=read.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),
@@ -193,6 +197,10 @@ class Settings:
             raise ConfigError("SANDBOX_TIMEOUT must be longer than TURN_TIMEOUT")
         if settings.transcript_store == "s3" and not settings.s3_bucket:
             raise ConfigError("TRANSCRIPT_S3_BUCKET is required when TRANSCRIPT_STORE=s3")
+        unknown = sorted(set(settings.client_options) - set(CLIENT_OPTION_NAMES))
+        if unknown:
+            raise ConfigError(f"CLIENT_OPTIONS may list {', '.join(CLIENT_OPTION_NAMES)}; "
+                              f"not {', '.join(unknown)}")
         if settings.turn_timeout >= settings.function_max_duration:
             raise ConfigError(
                 f"TURN_TIMEOUT ({settings.turn_timeout}) must be below FUNCTION_MAX_DURATION "

@@ -20,7 +20,7 @@ from typing import Any
 
 from lib import logs
 from lib.auth import user_hash
-from lib.config import Settings
+from lib.config import AgentOptions, Settings
 from lib.conversation import Message, messages_from
 from lib.errors import AgentFailed, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
@@ -66,14 +66,14 @@ class TurnService:
         self._runner_source = source
         self._runner_version = hashlib.sha256(source).hexdigest()[:12]
 
-    def start(self, user_id: str, prompt: str) -> Turn:
+    def start(self, user_id: str, prompt: str, options: AgentOptions | None = None) -> Turn:
         """Count the turn against the user's limits (RateLimited), take their lock
         (TurnInProgress if busy) and load their record."""
         user = user_hash(user_id, self.settings)
         self.limits.check(user)
         started = time.perf_counter()
         lease = self.state.begin(user)
-        turn = Turn(self, lease, prompt)
+        turn = Turn(self, lease, prompt, options or self.settings.agent)
         turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)
         return turn
 
@@ -123,10 +123,12 @@ class TurnService:
 
 
 class Turn:
-    def __init__(self, service: TurnService, lease: Lease, prompt: str) -> None:
+    def __init__(self, service: TurnService, lease: Lease, prompt: str,
+                 options: AgentOptions) -> None:
         self.service = service
         self.lease = lease
         self.prompt = prompt
+        self.options = options
         self._settled = False
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
         # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
@@ -244,7 +246,7 @@ class Turn:
         self, sandbox: Sandbox, runner: str, resume: str | None, restore: dict | None
     ) -> Iterator[TurnEvent]:
         job = {"prompt": self.prompt, "resume": resume, "restore": restore, "cwd": sandbox.workdir,
-               "options": self.service.settings.agent.to_job()}
+               "options": self.options.to_job()}
         job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
         with self._timed("run"):
             sandbox.write_file(job_path, json.dumps(job).encode())
