@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,9 +11,15 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.vercel_build]
+def test_the_dev_config_is_vercel_json_without_max_duration():
+    deployed = json.loads((ROOT / "vercel.json").read_text())
+    for function in deployed["functions"].values():
+        function.pop("maxDuration")
+    assert json.loads((ROOT / "vercel.dev.json").read_text()) == deployed
 
 
+@pytest.mark.slow
+@pytest.mark.vercel_build
 def test_vercel_build_produces_the_expected_deployment():
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed: the vercel build check is skipped")
