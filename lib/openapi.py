@@ -55,10 +55,15 @@ DOCUMENT: dict[str, Any] = {
                 }},
             },
             "ChatRequest": {
-                "type": "object", "required": ["prompt"],
-                "properties": {"prompt": {"type": "string", "minLength": 1,
-                                          "description": "at most MAX_PROMPT_CHARS characters"}},
-                "description": "Other fields are ignored.",
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1,
+                               "description": "at most MAX_PROMPT_CHARS characters"},
+                    "messages": {"type": "array", "description": "useChat's UI messages: the "
+                                 "newest user message's text parts are the prompt"},
+                    "options": {"type": "object", "description": "only keys in CLIENT_OPTIONS"},
+                },
+                "description": "`prompt` or `messages`; other fields are ignored.",
             },
             "TurnResult": {
                 "type": "object", "required": ["session_id", "text", "turn"],
@@ -107,9 +112,9 @@ DOCUMENT: dict[str, Any] = {
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _ref("ChatRequest")}}},
             "responses": {
-                "200": {"description": "The turn's result, or with `Accept: text/event-stream`"
-                                       " SSE events text, tool_use, tool_result, notice, then"
-                                       " done or error",
+                "200": {"description": "The turn's result; with `Accept: text/event-stream` or a"
+                                       " useChat body (`messages`), the AI SDK UI message"
+                                       " stream v1 ending in [DONE]",
                         "content": {"application/json": {"schema": _ref("TurnResult")},
                                     "text/event-stream": {"schema": {"type": "string"}}}},
                 **_errors(400, 401, 409, 413, 415, 429, 500, 502, 503, 504),

@@ -1,9 +1,19 @@
-"""Turn events on the wire: Server-Sent Events as they happen, or one JSON answer at the end."""
+"""Turn events on the wire: the Vercel AI SDK's UI message stream (SSE, what `useChat` reads),
+or one JSON answer at the end.
+
+UI message stream v1, one `data: <json>` event per part, ended by `data: [DONE]`:
+  start {messageId}, start-step, text-start/text-delta/text-end {id},
+  tool-input-available {toolCallId, toolName, input, dynamic}, tool-output-available
+  {toolCallId, output, dynamic} or tool-output-error {toolCallId, errorText, dynamic},
+  data-notice {data: {code, message}}, data-session {data: {session_id, turn, usage, cost_usd}},
+  finish-step, finish; or, on failure, data-error {data: {code, message}} and error {errorText}.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict
 from typing import Any
@@ -11,35 +21,68 @@ from typing import Any
 from lib.errors import ServiceError
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
 
+UI_STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "x-vercel-ai-ui-message-stream": "v1",
+}
 
-def sse_event(name: str, data: Any) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+def sse(part: dict[str, Any] | str) -> bytes:
+    data = part if isinstance(part, str) else json.dumps(part, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
 
 
-def to_sse(events: Iterator[TurnEvent]) -> Iterator[bytes]:
-    """`text` {"text"}, `tool_use`/`tool_result`, `notice` {"code","message"}, then exactly one
-    `done` {"session_id","text","turn","usage","cost_usd"} or `error` {"error": {...}}.
-    Closing this stream closes `events` at once (a turn then finishes on its own)."""
+def to_ui_stream(events: Iterator[TurnEvent]) -> Iterator[bytes]:
+    """Closing this stream closes `events` at once (a turn then finishes on its own)."""
     with closing(events):  # type: ignore[type-var]
-        yield b": turn started\n\n"  # sends the headers before the agent's first token
-        yield from _encode(events)
+        yield sse({"type": "start", "messageId": f"msg_{uuid.uuid4().hex}"})
+        yield sse({"type": "start-step"})
+        for part in _parts(events):
+            yield sse(part)
+        yield sse("[DONE]")
 
 
-def _encode(events: Iterator[TurnEvent]) -> Iterator[bytes]:
+def _parts(events: Iterator[TurnEvent]) -> Iterator[dict[str, Any]]:
+    texts = 0
+    open_text: str | None = None
     for event in events:
         if isinstance(event, TextDelta):
-            yield sse_event("text", {"text": event.text})
-        elif isinstance(event, ToolActivity):
-            yield sse_event(event.kind, event.data)
+            if open_text is None:
+                texts += 1
+                open_text = f"text-{texts}"
+                yield {"type": "text-start", "id": open_text}
+            yield {"type": "text-delta", "id": open_text, "delta": event.text}
+            continue
+        if open_text is not None:  # anything else ends the current text part
+            yield {"type": "text-end", "id": open_text}
+            open_text = None
+        if isinstance(event, ToolActivity):
+            yield _tool_part(event)
         elif isinstance(event, Notice):
-            yield sse_event("notice", asdict(event))
+            yield {"type": "data-notice", "data": asdict(event)}
         elif isinstance(event, TurnDone):
-            yield sse_event("done", asdict(event))
+            yield {"type": "data-session", "data": asdict(event)}
+            yield {"type": "finish-step"}
+            yield {"type": "finish"}
         elif isinstance(event, TurnFailed):
-            yield sse_event("error", event.error.to_json())
+            yield {"type": "data-error", "data": event.error.to_json()["error"]}
+            yield {"type": "error", "errorText": event.error.message}
 
 
-def to_json(events: Iterable[TurnEvent]) -> tuple[int, dict[str, Any]]:
+def _tool_part(event: ToolActivity) -> dict[str, Any]:
+    data = event.data
+    if event.kind == "tool_use":
+        return {"type": "tool-input-available", "toolCallId": data.get("id"),
+                "toolName": data.get("name"), "input": data.get("input"), "dynamic": True}
+    if data.get("is_error"):
+        return {"type": "tool-output-error", "toolCallId": data.get("tool_use_id"),
+                "errorText": "the tool reported an error", "dynamic": True}
+    return {"type": "tool-output-available", "toolCallId": data.get("tool_use_id"),
+            "output": {"ok": True}, "dynamic": True}
+
+
+def to_json(events: Iterator[TurnEvent]) -> tuple[int, dict[str, Any]]:
     """Run the turn to its end; the answer is TurnDone's fields (plus notices) or the error."""
     notices: list[dict[str, str]] = []
     for event in events:

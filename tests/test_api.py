@@ -17,13 +17,19 @@ from tests.fakes import Script, line, ok_result
 from tests.world import ALICE, JSON, SSE, World
 
 
-def sse_events(body: bytes) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.decode().split("\n\n"):
-        fields = dict(part.split(": ", 1) for part in block.splitlines() if not part.startswith(":"))
-        if fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
+def ui_parts(body: bytes) -> list[dict]:
+    """The parts of an AI SDK UI message stream; asserts it is well-formed SSE ending in [DONE]."""
+    blocks = body.decode().split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""], blocks[-3:]
+    parts = []
+    for block in blocks[:-2]:
+        assert block.startswith("data: ") and "\n" not in block, block
+        parts.append(json.loads(block[len("data: "):]))
+    return parts
+
+
+def kinds(parts: list[dict]) -> list[str]:
+    return [part["type"] for part in parts]
 
 
 def test_a_turn_then_a_resumed_turn(world: World):
@@ -140,29 +146,67 @@ def test_a_turn_past_its_timeout_is_stopped(world: World, upstash_fakeredis: Ups
     assert world.stored() == before and world.lock() is None
 
 
-def test_sse_streams_deltas_then_done(world: World):
+def test_sse_speaks_the_ai_sdk_ui_message_stream(world: World):
     response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE)
     assert response.mimetype == "text/event-stream"
-    events = sse_events(response.data)
-    assert events == [("text", {"text": "hi "}), ("text", {"text": "there"}),
-                      ("done", {"session_id": "sess-1", "text": "hi there", "turn": 1,
+    assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    parts = ui_parts(response.data)
+    assert kinds(parts) == ["start", "start-step", "text-start", "text-delta", "text-delta",
+                            "text-end", "data-session", "finish-step", "finish"]
+    assert [p["delta"] for p in parts if p["type"] == "text-delta"] == ["hi ", "there"]
+    assert len({p["id"] for p in parts if p["type"].startswith("text-")}) == 1
+    assert parts[6]["data"] == {"session_id": "sess-1", "text": "hi there", "turn": 1,
                                 "usage": {"input_tokens": 3, "output_tokens": 1},
-                                "cost_usd": 0.001})]
+                                "cost_usd": 0.001}
 
 
-def test_sse_reports_a_failure_as_an_error_event(world: World):
+def test_a_use_chat_body_is_a_turn_with_the_newest_user_message(world: World):
+    body = {"id": "chat-1", "trigger": "submit-message", "messages": [
+        {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "old"}]},
+        {"id": "m2", "role": "assistant", "parts": [{"type": "text", "text": "hi there"}]},
+        {"id": "m3", "role": "user", "parts": [{"type": "text", "text": "new "},
+                                               {"type": "text", "text": "question"}]}]}
+    response = world.client().post("/api/chat", json=body, headers=ALICE)  # no Accept header
+    assert response.mimetype == "text/event-stream"
+    assert "finish" in kinds(ui_parts(response.data))
+    assert world.sandboxes.runs[-1]["job"]["prompt"] == "new question"
+    for bad in ({"messages": []}, {"messages": [{"role": "user"}]}, {"messages": "x"},
+                {"messages": [{"role": "user", "parts": [{"type": "image"}]}]}):
+        assert world.client().post("/api/chat", json=bad, headers=ALICE).status_code == 400
+
+
+def test_tool_activity_and_notices_become_ui_parts(world: World):
+    world.sandboxes.scripts.append(Script([
+        line("text", text="Let me look."),
+        line("tool_use", id="tu1", name="Read", input={"file_path": "a.txt"}),
+        line("tool_result", tool_use_id="tu1", is_error=False),
+        line("tool_use", id="tu2", name="Bash", input={"command": "ls"}),
+        line("tool_result", tool_use_id="tu2", is_error=True),
+        line("text", text="Done."), ok_result("sess-1", "Let me look. Done.")]))
+    parts = ui_parts(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
+    assert kinds(parts)[2:-3] == ["text-start", "text-delta", "text-end", "tool-input-available",
+                                  "tool-output-available", "tool-input-available",
+                                  "tool-output-error", "text-start", "text-delta", "text-end"]
+    tool = parts[5]
+    assert (tool["toolCallId"], tool["toolName"], tool["input"]) == ("tu1", "Read",
+                                                                     {"file_path": "a.txt"})
+    assert parts[2]["id"] != parts[9]["id"]
+
+
+def test_sse_reports_a_failure_as_an_error_part(world: World):
     world.sandboxes.scripts.append(Script([line("text", text="par")], exit_code=1))
-    events = sse_events(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
-    assert events[0] == ("text", {"text": "par"})
-    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "agent_failed"
+    parts = ui_parts(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
+    assert kinds(parts) == ["start", "start-step", "text-start", "text-delta", "text-end",
+                            "data-error", "error"]
+    assert parts[-2]["data"]["code"] == "agent_failed" and parts[-1]["errorText"]
     assert world.lock() is None and world.stored() is None
 
 
 def test_a_client_that_leaves_mid_stream_still_gets_its_turn_saved(world: World):
     response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE, buffered=False)
     stream = iter(response.response)
-    assert next(stream).startswith(b": turn started")
-    assert next(stream).startswith(b"event: text")
+    while b'"text-delta"' not in next(stream):
+        pass
     response.close()  # the client hung up after the first delta
     assert world.stored().turns == 1 and world.lock() is None
 
@@ -318,9 +362,9 @@ def test_a_timed_out_turn_keeps_its_session_and_the_next_turn_continues(world: W
     world.services.settings.__dict__["turn_timeout"] = 1
     world.sandboxes.scripts.append(Script([line("session", session_id="sess-9"),
                                            line("text", text="thinking...")], hang=True))
-    events = sse_events(world.client().post("/api/chat", json={"prompt": "long"}, headers=SSE).data)
-    assert events[0] == ("text", {"text": "thinking..."})
-    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "turn_timeout"
+    parts = ui_parts(world.client().post("/api/chat", json={"prompt": "long"}, headers=SSE).data)
+    assert parts[3] == {"type": "text-delta", "id": "text-1", "delta": "thinking..."}
+    assert parts[-2]["data"]["code"] == "turn_timeout" and parts[-1]["type"] == "error"
     assert world.stored().session_id == "sess-9" and world.lock() is None
     world.services.settings.__dict__["turn_timeout"] = 240
     after = world.turn("go on")

@@ -91,30 +91,28 @@ def test_a_new_process_serves_turn_two(serve, model):
     assert requests_ending_with(app, "Which word?")[-1] == ["Remember the word pelican.", "Which word?"]
 
 
-def test_the_sse_stream_carries_text_as_it_is_produced(serve, slow_model):
+def test_the_ui_message_stream_carries_text_as_it_is_produced(serve, slow_model):
     app, model_url = slow_model
     dev = serve(model_url)
-    events, arrived = [], []
+    parts, arrived = [], []
     with httpx.stream("POST", f"{dev.url}/api/chat", json={"prompt": "stream please"},
                       headers={"X-User-Id": "carol", "Accept": "text/event-stream"},
                       timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        block: dict[str, str] = {}
+        assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
         for raw in response.iter_lines():
-            if raw == "":
-                if block:
-                    events.append((block["event"], json.loads(block["data"])))
-                    arrived.append(time.time())
-                block = {}
-            elif not raw.startswith(":"):
-                name, _, value = raw.partition(": ")
-                block[name] = value
-    names = [name for name, _ in events]
-    assert names[-1] == "done" and names.count("done") == 1
-    deltas = [data["text"] for name, data in events if name == "text"]
+            if raw.startswith("data: "):
+                parts.append(raw[len("data: "):])
+                arrived.append(time.time())
+    assert parts[-1] == "[DONE]"
+    decoded = [json.loads(p) for p in parts[:-1]]
+    names = [p["type"] for p in decoded]
+    assert names[:2] == ["start", "start-step"] and names[-1] == "finish"
+    deltas = [p["delta"] for p in decoded if p["type"] == "text-delta"]
     assert len(deltas) > 5
-    assert "".join(deltas) == events[-1][1]["text"]
-    first_delta_at = arrived[names.index("text")]
+    session = next(p["data"] for p in decoded if p["type"] == "data-session")
+    assert "".join(deltas) == session["text"] and session["turn"] == 1
+    first_delta_at = arrived[names.index("text-delta")]
     assert first_delta_at < app.finished_at[-1]  # seen before the model had finished
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+
 def test_the_dev_config_is_vercel_json_without_max_duration():
     deployed = json.loads((ROOT / "vercel.json").read_text())
     for function in deployed["functions"].values():
