@@ -297,3 +297,22 @@ def test_twenty_users_in_parallel_each_see_only_their_own_history(serve, model):
                                                                         f"Who am I, {name}?"]
         others = [n for n in names if n != name and f"I am {n}." in answer.json()["text"]]
         assert others == []
+
+
+def test_the_terminal_client_chats_with_the_dev_server(serve, model):
+    _, server = model
+    dev = serve(server.url)
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lib.cli", "--url", dev.url, "--user", "zed",
+                               *args], capture_output=True, text=True, timeout=120)
+
+    first = cli("chat", "I like tea.")
+    assert first.returncode == 0 and "I like tea." in first.stdout, first.stderr
+    second = cli("chat", "What do I like?")
+    assert "Earlier you said: 1. 'I like tea.'" in second.stdout
+    assert '"turns": 2' in cli("show").stdout
+    assert cli("history").stdout.startswith("user: I like tea.\nassistant: ")
+    assert cli("reset").returncode == 0 and cli("show").returncode == 1

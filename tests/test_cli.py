@@ -1,0 +1,68 @@
+"""The terminal client against recorded answers (responses mocks `requests`)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import responses
+
+from lib.cli import main
+
+URL = "http://agent.test"
+
+
+def stream(*parts: dict) -> bytes:
+    lines = [f"data: {json.dumps(part)}\n\n" for part in parts] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--url", URL, *argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@responses.activate
+def test_chat_prints_the_streamed_answer_and_sends_identity():
+    responses.post(f"{URL}/api/chat", content_type="text/event-stream", body=stream(
+        {"type": "start"}, {"type": "text-start", "id": "t"},
+        {"type": "text-delta", "id": "t", "delta": "Hello "},
+        {"type": "tool-input-available", "toolCallId": "1", "toolName": "Read", "input": {}},
+        {"type": "text-delta", "id": "t", "delta": "there"},
+        {"type": "data-session", "data": {"session_id": "s", "turn": 1}}, {"type": "finish"}))
+    code, out, err = run("--token", "jwt-token", "chat", "hi", "you")
+    assert (code, out) == (0, "Hello there\n") and "[tool Read]" in err
+    sent = responses.calls[0].request
+    assert json.loads(sent.body) == {"prompt": "hi you"}
+    assert sent.headers["Authorization"] == "Bearer jwt-token"
+    assert sent.headers["Accept"] == "text/event-stream"
+
+
+@responses.activate
+def test_errors_are_reported_with_their_code_and_retry():
+    responses.post(f"{URL}/api/chat", status=409, headers={"Retry-After": "2"},
+                   json={"error": {"code": "turn_in_progress", "message": "busy"}})
+    code, out, err = run("--user", "dev-user", "chat", "hi")
+    assert code == 1 and "turn_in_progress: busy (retry in 2 s)" in err
+    assert responses.calls[0].request.headers["X-User-Id"] == "dev-user"
+
+
+@responses.activate
+def test_a_failed_turn_in_the_stream_is_an_error():
+    responses.post(f"{URL}/api/chat", content_type="text/event-stream", body=stream(
+        {"type": "data-error", "data": {"code": "agent_failed", "message": "boom"}},
+        {"type": "error", "errorText": "boom"}))
+    code, _, err = run("chat", "hi")
+    assert code == 1 and "agent_failed: boom" in err
+
+
+@responses.activate
+def test_show_history_and_reset():
+    responses.get(f"{URL}/api/session", json={"session_id": "s", "turns": 2})
+    responses.get(f"{URL}/api/session/messages?limit=200", json={"messages": [
+        {"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}]})
+    responses.delete(f"{URL}/api/session", status=204)
+    assert json.loads(run("show")[1])["turns"] == 2
+    assert run("history")[1] == "user: hi\nassistant: hello\n"
+    assert run("reset")[:2] == (0, "the conversation is forgotten\n")
