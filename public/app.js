@@ -1,0 +1,143 @@
+// The chat page: no build step. It loads the conversation from /api/session/messages, sends
+// turns to /api/chat and reads the AI SDK UI message stream as it arrives.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const stored = (key) => localStorage.getItem(key) || "";
+
+function identity() {
+  const token = $("token").value.trim();
+  const user = $("user").value.trim();
+  if (token) return { Authorization: `Bearer ${token}` };
+  if (user) return { "X-User-Id": user };
+  return {};
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function busy(on) {
+  for (const id of ["send", "reset", "prompt", "load"]) $(id).disabled = on;
+}
+
+function addMessage(role, text) {
+  const item = document.createElement("li");
+  item.className = `message ${role}`;
+  item.textContent = text;
+  $("messages").appendChild(item);
+  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    return `${body.error.code}: ${body.error.message}`;
+  } catch {
+    return `HTTP ${response.status}`;
+  }
+}
+
+async function loadHistory() {
+  $("messages").replaceChildren();
+  setStatus("loading…");
+  const response = await fetch("/api/session/messages?limit=200", { headers: identity() });
+  if (response.status === 404) return setStatus("ready");
+  if (!response.ok) return setStatus(await errorOf(response));
+  const body = await response.json();
+  for (const message of body.messages) addMessage(message.role, message.text);
+  setStatus("ready");
+}
+
+async function* uiParts(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (!event.startsWith("data: ")) continue;
+      const data = event.slice(6);
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
+}
+
+async function send(prompt) {
+  addMessage("user", prompt);
+  const answer = addMessage("assistant", "");
+  busy(true);
+  setStatus("thinking…");
+  try {
+    const response = await fetch("/api/chat", {
+      method: "POST",
+      headers: { ...identity(), "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({ prompt }),
+    });
+    if (!response.ok) {
+      answer.classList.add("error");
+      answer.textContent = await errorOf(response);
+      return;
+    }
+    const text = document.createTextNode("");
+    answer.appendChild(text);
+    for await (const part of uiParts(response)) {
+      if (part.type === "text-delta") text.appendData(part.delta);
+      else if (part.type === "tool-input-available") {
+        const tool = document.createElement("span");
+        tool.className = "tool";
+        tool.textContent = `used ${part.toolName}`;
+        answer.appendChild(tool);
+      } else if (part.type === "data-notice") setStatus(part.data.message);
+      else if (part.type === "data-error") {
+        answer.classList.add("error");
+        answer.appendChild(document.createTextNode(`\n${part.data.code}: ${part.data.message}`));
+      }
+    }
+  } catch (error) {
+    answer.classList.add("error");
+    answer.textContent = `network error: ${error}`;
+  } finally {
+    busy(false);
+    if ($("status").textContent === "thinking…") setStatus("ready");
+    $("prompt").focus();
+  }
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  $("prompt").value = "";
+  send(prompt);
+});
+
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("reset").addEventListener("click", async () => {
+  if (!confirm("Forget this conversation and start a new one?")) return;
+  const response = await fetch("/api/session", { method: "DELETE", headers: identity() });
+  if (!response.ok) return setStatus(await errorOf(response));
+  $("messages").replaceChildren();
+  setStatus("new conversation");
+});
+
+for (const id of ["token", "user"]) {
+  $(id).value = stored(id);
+  $(id).addEventListener("change", () => localStorage.setItem(id, $(id).value.trim()));
+}
+$("load").addEventListener("click", loadHistory);
+if (stored("token") || stored("user")) {
+  $("identity").open = false;
+  loadHistory();
+}

@@ -1,0 +1,81 @@
+"""The chat page in real headless Chromium (Debian's chromium + chromedriver, driven by
+Selenium): two streamed answers, a reload that shows the history, a new conversation."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("chromium and chromedriver are not installed: the browser test is skipped "
+                    "(./scripts/test installs them with apt-get when it can)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-sync",
+                 "--disable-component-update", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_chat_page_streams_answers_and_keeps_history(browser, start_dev_server, upstash_fakeredis,
+                                                     model, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dev = start_dev_server(UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
+                           UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
+                           ANTHROPIC_BASE_URL=model[1].url, KEY_PREFIX="browser")
+    wait = WebDriverWait(browser, 60)
+
+    def bubbles() -> list[tuple[str, str]]:
+        """(role, text) of each message shown, read in one step (the list may be re-rendered)."""
+        return [tuple(pair) for pair in browser.execute_script(
+            "return [...document.querySelectorAll('#messages .message')]"
+            ".map(e => [e.classList[1], e.innerText])")]
+
+    def say(text: str, count: int) -> None:
+        browser.find_element(By.ID, "prompt").send_keys(text, Keys.ENTER)
+        wait.until(lambda _: len(bubbles()) == count and bubbles()[-1][1]
+                   and browser.find_element(By.ID, "status").text == "ready")
+
+    browser.get(dev.url)
+    browser.find_element(By.ID, "user").send_keys("web-user", Keys.TAB)
+    say("My favourite colour is green.", 2)
+    say("What is my favourite colour?", 4)
+    shown = bubbles()
+    assert [role for role, _ in shown] == ["user", "assistant", "user", "assistant"]
+    assert "Earlier you said: 1. 'My favourite colour is green.'" in shown[3][1]
+    browser.save_screenshot(str(tmp_path / "chat.png"))
+
+    browser.refresh()  # the page keeps the user id; the conversation comes from the server
+    wait.until(lambda _: len(bubbles()) == 4)
+    assert bubbles() == shown
+
+    browser.find_element(By.ID, "reset").click()
+    browser.switch_to.alert.accept()
+    wait.until(lambda _: bubbles() == [] and "new conversation" in
+               browser.find_element(By.ID, "status").text)
+    browser.refresh()
+    wait.until(lambda _: browser.find_element(By.ID, "status").text == "ready")
+    assert bubbles() == []
+    say("Hello again.", 2)
+    assert "This is the first thing you said." in bubbles()[1][1]
