@@ -9,20 +9,21 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from lib import logs
-from lib.auth import identify
-from lib.bootstrap import Services, services
 from lib.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
+
+if TYPE_CHECKING:
+    from lib.bootstrap import Services
 
 log = logging.getLogger("agent.api")
 
@@ -79,6 +80,10 @@ def error_response(error: ServiceError) -> Response:
 
 
 def services_for_request() -> Services:
+    """The process's services (built on the first request: the clients and the JWT library
+    are imported then, not when the function module is imported)."""
+    from lib.bootstrap import services
+
     svc: Services = current_app.config["SERVICES"] or services()
     if svc.settings.sandbox_backend == "vercel" and "x-vercel-oidc-token" in request.headers:
         from lib.sandboxes.vercel import bind_request_headers
@@ -89,6 +94,8 @@ def services_for_request() -> Services:
 
 def current() -> tuple[Services, str]:
     """The services and the authenticated caller's user id (Unauthorized if none)."""
+    from lib.auth import identify
+
     svc = services_for_request()
     return svc, identify(request.headers, svc.settings)
 

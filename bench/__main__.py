@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["cleanup"]
+BENCHMARKS = ["turns", "cleanup"]
 
 
 def main(argv: list[str]) -> int:
