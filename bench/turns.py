@@ -73,7 +73,8 @@ def start_dev_server(upstash_url: str, model_url: str) -> tuple[subprocess.Popen
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "ANTHROPIC_"))},
            "PORT": str(port), "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-"),
            "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
-           "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "off"}
+           "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "off",
+           "AGENT_WARM_IDLE": "30"}
     process = subprocess.Popen([sys.executable, "-m", "lib.devtools.dev_server"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

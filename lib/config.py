@@ -60,6 +60,8 @@ class Settings:
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     agent: AgentOptions = AgentOptions()
+    agent_warm: bool = True
+    agent_warm_idle: int = 300
     client_options: tuple[str, ...] = ()
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
@@ -152,6 +154,8 @@ class Settings:
                 max_turns=read.integer("AGENT_MAX_TURNS", 8, minimum=1),
             ),
             client_options=read.names("CLIENT_OPTIONS"),
+            agent_warm=read.choice("AGENT_WARM", ("1", "0", "true", "false"), "1") in ("1", "true"),
+            agent_warm_idle=read.integer("AGENT_WARM_IDLE", 300, minimum=5),
             max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
             max_body_bytes=read.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),

@@ -115,7 +115,8 @@ class TurnService:
         return path
 
     def runner_env(self, sandbox: Sandbox) -> dict[str, str]:
-        env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude", **_QUIET_CLI}
+        env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude",
+               "AGENT_WARM_IDLE": str(self.settings.agent_warm_idle), **_QUIET_CLI}
         if self.settings.anthropic_base_url:
             env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
         env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY
@@ -250,8 +251,11 @@ class Turn:
         job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
         with self._timed("run"):
             sandbox.write_file(job_path, json.dumps(job).encode())
+            argv = [sandbox.python, runner, job_path]
+            if self.service.settings.agent_warm:
+                argv.append("--warm")
             return (yield from self._stream(
-                sandbox.run([sandbox.python, runner, job_path], self.service.runner_env(sandbox))
+                sandbox.run(argv, self.service.runner_env(sandbox))
             ))
 
     def _mirror(self, message: dict[str, Any]) -> None:

@@ -113,6 +113,7 @@ def make_settings(upstash: Upstash, data_dir: Path, **changes) -> Settings:
         "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
         "DATA_DIR": str(data_dir),
         "KEY_PREFIX": f"t{os.urandom(4).hex()}",  # every test gets its own keyspace
+        "AGENT_WARM_IDLE": "20",  # warm agents left by a test do not outlive it by much
     }
     return replace(Settings.from_env(env), **changes)
 
@@ -145,7 +146,8 @@ def start_dev_server(tmp_path: Path):
         log_path = tmp_path / f"dev-{len(started)}.log"
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("UPSTASH_", "KV_", "ANTHROPIC_", "AUTH_"))}
-        full_env.update({"PORT": str(port), "DATA_DIR": str(tmp_path / "data"), **env})
+        full_env.update({"PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
+                         "AGENT_WARM_IDLE": "20", **env})
         with log_path.open("wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "lib.devtools.dev_server"],
                                        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -161,6 +163,18 @@ def start_dev_server(tmp_path: Path):
     yield start
     for server in started:
         server.stop()
+    stop_warm_agents(tmp_path)
+
+
+def stop_warm_agents(root: Path) -> None:
+    """Warm agents run detached from their sandbox's commands: stop those a test left."""
+    import signal
+
+    for pid_file in root.rglob("warm-agent.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, OSError):
+            pass
 
 
 pytest_plugins = ["tests.world"]

@@ -278,9 +278,15 @@ class FakeSandboxApi:
                           "pagination": {"count": len(boxes), "next": None, "prev": None}})
 
     def _halt(self, box: FakeBox) -> None:
+        """Stop the VM: every process in it ends, detached ones (the warm agent) included."""
         for command in box.commands.values():
             command.kill()
         box.commands.clear()
+        for pid_file in box.root.rglob("*.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            except (ValueError, OSError):
+                pass
         box.status = "stopped"
 
     def _stop(self, request: Request, sid: str) -> Response:

@@ -84,7 +84,7 @@ class FakeSandbox:
     files: dict[str, bytes] = field(default_factory=dict)
 
     def run(self, argv: list[str], env: Mapping[str, str]) -> FakeProcess:
-        job = json.loads(self.files[argv[-1]])
+        job = json.loads(self.files[argv[2]])  # python RUNNER JOB [--warm]
         self.backend.runs.append({"argv": argv, "env": dict(env), "job": job})
         return FakeProcess(self.backend.next_script(job))
 

@@ -20,7 +20,7 @@ from lib.auth import user_hash
 from lib.bootstrap import build
 from lib.devtools.model_server import OfflineModel, user_texts
 from lib.devtools.serving import serve_in_background
-from tests.conftest import Upstash, make_settings
+from tests.conftest import Upstash, make_settings, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -316,3 +316,51 @@ def test_the_terminal_client_chats_with_the_dev_server(serve, model):
     assert '"turns": 2' in cli("show").stdout
     assert cli("history").stdout.startswith("user: I like tea.\nassistant: ")
     assert cli("reset").returncode == 0 and cli("show").returncode == 1
+
+
+def warm_agent_pids(tmp_path: Path) -> list[int]:
+    return [int(p.read_text()) for p in (tmp_path / "data").rglob("warm-agent.pid")]
+
+
+def test_warm_turns_reuse_one_agent_that_survives_being_killed(serve, model, tmp_path: Path):
+    import os
+    import signal
+
+    app, server = model
+    dev = serve(server.url)
+    chat(dev.url, "Remember: kiwi.", user="nia")
+    chat(dev.url, "And mango.", user="nia")
+    pids = warm_agent_pids(tmp_path)
+    assert len(pids) == 1  # one warm agent served both turns
+    os.kill(pids[0], signal.SIGKILL)  # it dies (a crash, an OOM): the next turn starts another
+    third = chat(dev.url, "Which fruits?", user="nia").json()
+    assert third["turn"] == 3
+    assert requests_ending_with(app, "Which fruits?")[-1] == [
+        "Remember: kiwi.", "And mango.", "Which fruits?"]
+    assert warm_agent_pids(tmp_path) != pids
+
+
+def test_a_warm_turn_past_its_deadline_is_stopped_and_the_next_continues(serve, slow_model,
+                                                                          tmp_path: Path):
+    app, model_url = slow_model
+    dev = serve(model_url, TURN_TIMEOUT="5", FUNCTION_MAX_DURATION="30", CLEANUP_TIME_BUDGET="10")
+    assert chat(dev.url, "First, quickly.", user="ola").status_code == 200
+    app.delay = 1.0  # the next answer takes ~20 s: past the 5 s deadline
+    slow = chat(dev.url, "Now take your time.", user="ola")
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "turn_timeout"
+    app.delay = 0.0
+    after = chat(dev.url, "Still there?", user="ola")
+    assert after.status_code == 200, after.text
+    assert requests_ending_with(app, "Still there?")[-1][0] == "First, quickly."
+
+
+def test_an_idle_warm_agent_exits_and_the_next_turn_starts_another(serve, model, tmp_path: Path):
+    import os
+
+    _, server = model
+    dev = serve(server.url, AGENT_WARM_IDLE="5")
+    chat(dev.url, "hello", user="pia")
+    [pid] = warm_agent_pids(tmp_path)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what="the idle exit")
+    assert warm_agent_pids(tmp_path) == []
+    assert chat(dev.url, "back", user="pia").json()["turn"] == 2

@@ -17,7 +17,7 @@ import pytest
 from lib.bootstrap import build
 from lib.devtools.serving import serve_in_background
 from lib.sandboxes.vercel import PLACEHOLDER_KEY
-from tests.conftest import Upstash, make_settings
+from tests.conftest import Upstash, make_settings, stop_warm_agents
 from tests.fake_vercel_sandbox import FakeSandboxApi
 from tests.world import CRON_SECRET, World, user
 
@@ -81,6 +81,7 @@ def vercel(upstash_fakeredis: Upstash, model, tmp_path: Path, clock) -> Iterator
     for box in list(fake.boxes.values()):
         fake._halt(box)
     server.stop()
+    stop_warm_agents(tmp_path)
 
 
 def texts_seen(model, prompt: str) -> list[str]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -105,10 +107,19 @@ def main() -> None:
     print(f"dev: serving {', '.join(app.functions)} and public/ on http://127.0.0.1:{port} "
           f"(AUTH_MODE={settings.auth_mode}, DATA_DIR={settings.data_dir})", flush=True)
     server = serve_in_background(app, port, threads=64)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below on TERM too
     try:
         server.thread.join()
     except KeyboardInterrupt:
         server.stop()
+    finally:
+        if settings.sandbox_backend == "local":  # leave no warm agent running behind us
+            from lib.sandboxes.local import LocalSandboxBackend
+
+            backend = LocalSandboxBackend(settings.data_dir)
+            for info in backend.list():
+                if info.status == "running":
+                    backend.stop(info.name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,15 @@
-"""Run one resumed Claude Agent SDK query inside the sandbox and report it as JSON lines.
+"""Run one resumed Claude Agent SDK turn inside the sandbox and report it as JSON lines.
 
-Usage: python agent_runner.py JOB_FILE
+Usage: python agent_runner.py JOB_FILE [--warm]
+       python agent_runner.py --serve          (the warm agent; started by --warm itself)
+
+One-shot (the default) runs the turn with `query()` in this process. With --warm the turn goes
+to a long-lived agent process in the same sandbox that keeps a connected `ClaudeSDKClient` per
+session, so a turn skips starting Python, the SDK and the Claude Code CLI; this process only
+relays its lines. It starts that agent when there is none (which then serves later turns),
+and falls back to one-shot if it cannot reach it. The agent serves one turn at a time, stops a
+turn whose caller went away (the function's deadline), and exits after AGENT_WARM_IDLE seconds
+(default 300) without a turn or when its sandbox's HOME is gone.
 
 The job file is JSON: {"prompt": str, "resume": str | null, "cwd": str, "options": {...},
 "restore": {"entries": [...], "subkeys": {subpath: [...]}} | null} with options among model,
@@ -26,17 +35,24 @@ job file and stdout. It depends on nothing but the standard library and claude-a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ALLOWED_OPTIONS = (
     "model", "system_prompt", "allowed_tools", "disallowed_tools", "permission_mode", "max_turns",
 )
+Emit = Callable[..., None]
 
 
 def emit(kind: str, **fields: Any) -> None:
@@ -46,11 +62,15 @@ def emit(kind: str, **fields: Any) -> None:
 
 class MirrorStore:
     """The SDK's SessionStore, as far as this sandbox is concerned: every appended batch goes to
-    stdout for the function to store durably (the sandbox holds no store credentials). `load`
-    finds nothing, so the SDK resumes from the local transcript."""
+    the function (through `emit`, which the warm agent points at the current turn's caller);
+    the sandbox holds no store credentials. `load` finds nothing, so the SDK resumes from the
+    local transcript."""
+
+    def __init__(self, out: Emit = emit) -> None:
+        self.emit = out
 
     async def append(self, key: dict[str, Any], entries: list[Any]) -> None:
-        emit("mirror", key=dict(key), entries=entries)
+        self.emit("mirror", key=dict(key), entries=entries)
 
     async def load(self, key: dict[str, Any]) -> list[Any] | None:
         return None
@@ -102,24 +122,42 @@ async def restore(job: dict[str, Any], cwd: str) -> None:
         await materialized.cleanup()
 
 
-def build_options(job: dict[str, Any], cwd: str, stderr_tail: deque[str]) -> Any:
+async def prepare(job: dict[str, Any], out: Emit) -> str | None:
+    """Restore the transcript if the job brings one; None (after saying restore_needed) when the
+    session to resume has no local transcript. Returns the turn's cwd."""
+    cwd = job.get("cwd") or os.getcwd()
+    if job.get("resume") and job.get("restore"):
+        await restore(job, cwd)
+    elif job.get("resume") and not local_transcript(cwd, job["resume"]).exists():
+        out("restore_needed", session_id=job["resume"])
+        return None
+    return cwd
+
+
+def client_options(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (job.get("options") or {}).items() if k in ALLOWED_OPTIONS and v}
+
+
+def build_options(job: dict[str, Any], cwd: str, stderr_tail: deque[str],
+                  store: MirrorStore) -> Any:
     from claude_agent_sdk import ClaudeAgentOptions
 
-    options = {k: v for k, v in (job.get("options") or {}).items() if k in ALLOWED_OPTIONS and v}
+    options = client_options(job)
     if options.get("permission_mode") == "bypassPermissions" and os.geteuid() == 0:
         os.environ["IS_SANDBOX"] = "1"  # the CLI refuses to bypass permissions as root otherwise
     return ClaudeAgentOptions(
         resume=job.get("resume") or None,
         cwd=cwd,
         include_partial_messages=True,
-        session_store=MirrorStore(),
+        session_store=store,
         session_store_flush="eager",  # mirror as the turn goes: a killed turn loses least
         stderr=stderr_tail.append,
         **options,
     )
 
 
-async def run(job: dict[str, Any]) -> int:
+def translate(message: Any, out: Emit) -> str | None:
+    """Report one SDK message as lines; the session id once it is the turn's result."""
     from claude_agent_sdk import (
         AssistantMessage,
         ResultMessage,
@@ -128,67 +166,242 @@ async def run(job: dict[str, Any]) -> int:
         ToolResultBlock,
         ToolUseBlock,
         UserMessage,
-        query,
     )
 
+    if isinstance(message, SystemMessage) and message.subtype == "init":
+        out("session", session_id=message.data.get("session_id"))
+    elif isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
+        event = message.event
+        delta = event.get("delta") or {}
+        if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+            out("text", text=delta.get("text", ""))
+    elif isinstance(message, AssistantMessage):
+        for block in message.content:
+            if isinstance(block, ToolUseBlock):
+                out("tool_use", id=block.id, name=block.name, input=block.input)
+    elif isinstance(message, UserMessage) and isinstance(message.content, list):
+        for block in message.content:
+            if isinstance(block, ToolResultBlock):
+                out("tool_result", tool_use_id=block.tool_use_id, is_error=bool(block.is_error))
+    elif isinstance(message, ResultMessage):
+        out("result", session_id=message.session_id, text=message.result or "",
+            is_error=message.is_error, subtype=message.subtype, errors=message.errors or [],
+            usage=message.usage or {}, cost_usd=message.total_cost_usd,
+            num_turns=message.num_turns)
+        return message.session_id
+    return None
+
+
+def report_failure(out: Emit, error: BaseException, stderr_tail: deque[str]) -> None:
+    detail = " | ".join(line.strip() for line in stderr_tail if line.strip())
+    out("error", code="agent_failed", message=f"{type(error).__name__}: {error}"[:1000],
+        detail=detail[-2000:])
+
+
+async def one_shot(job: dict[str, Any]) -> int:
+    from claude_agent_sdk import query
+
     stderr_tail: deque[str] = deque(maxlen=20)
-    got_result = False
-    cwd = job.get("cwd") or os.getcwd()
+    finished = None
     try:
-        if job.get("resume") and job.get("restore"):
-            await restore(job, cwd)
-        elif job.get("resume") and not local_transcript(cwd, job["resume"]).exists():
-            emit("restore_needed", session_id=job["resume"])
+        cwd = await prepare(job, emit)
+        if cwd is None:
             return 3
-        options = build_options(job, cwd, stderr_tail)
+        options = build_options(job, cwd, stderr_tail, MirrorStore())
         async for message in query(prompt=job["prompt"], options=options):
-            if isinstance(message, SystemMessage) and message.subtype == "init":
-                emit("session", session_id=message.data.get("session_id"))
-            elif isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
-                event = message.event
-                delta = event.get("delta") or {}
-                if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
-                    emit("text", text=delta.get("text", ""))
-            elif isinstance(message, AssistantMessage):
-                for block in message.content:
-                    if isinstance(block, ToolUseBlock):
-                        emit("tool_use", id=block.id, name=block.name, input=block.input)
-            elif isinstance(message, UserMessage) and isinstance(message.content, list):
-                for block in message.content:
-                    if isinstance(block, ToolResultBlock):
-                        emit("tool_result", tool_use_id=block.tool_use_id,
-                             is_error=bool(block.is_error))
-            elif isinstance(message, ResultMessage):
-                got_result = True
-                emit("result", session_id=message.session_id, text=message.result or "",
-                     is_error=message.is_error, subtype=message.subtype,
-                     errors=message.errors or [], usage=message.usage or {},
-                     cost_usd=message.total_cost_usd, num_turns=message.num_turns)
+            finished = translate(message, emit) or finished
     except Exception as error:  # report, never hang: the function maps this to a clear error
-        detail = " | ".join(line.strip() for line in stderr_tail if line.strip())
-        emit("error", code="agent_failed", message=f"{type(error).__name__}: {error}"[:1000],
-             detail=detail[-2000:])
+        report_failure(emit, error, stderr_tail)
         return 1
-    if not got_result:
+    if not finished:
         emit("error", code="agent_failed", message="the agent ended without a result")
         return 1
     return 0
 
 
+# the warm agent ---------------------------------------------------------------------------------
+def agent_address() -> str:
+    """An abstract Unix socket (no path-length limit, nothing left on disk) per sandbox HOME,
+    runner version and model settings: a changed runner or key gets a new agent."""
+    fingerprint = "\0".join([Path(__file__).read_text(), os.environ.get("HOME", ""),
+                             os.environ.get("CLAUDE_CONFIG_DIR", ""),
+                             os.environ.get("ANTHROPIC_BASE_URL", ""),
+                             os.environ.get("ANTHROPIC_API_KEY", "")])
+    return "\0agent-runner-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
+
+
+class WarmSession:
+    def __init__(self, key: str, client: Any, store: MirrorStore, stderr_tail: deque[str]) -> None:
+        self.key, self.client, self.store, self.stderr_tail = key, client, store, stderr_tail
+
+
+class WarmAgent:
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.sessions: dict[str, WarmSession] = {}
+        self.lock = asyncio.Lock()
+        self.last_turn = time.monotonic()
+        self.home = os.environ.get("HOME", "")
+
+    async def serve(self, address: str) -> None:
+        server = await asyncio.start_unix_server(self.handle, path=address)
+        pid_file = Path(self.home) / ".agent-runner" / "warm-agent.pid"
+        pid_file.write_text(str(os.getpid()))  # how a local sandbox's `stop` finds us
+        async with server:
+            while os.path.isdir(self.home) and (
+                    self.lock.locked() or time.monotonic() - self.last_turn < self.idle):
+                await asyncio.sleep(1)
+        for session_id in list(self.sessions):
+            await self.discard(session_id)
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def out(kind: str, **fields: Any) -> None:
+            writer.write((json.dumps({"type": kind, **fields}) + "\n").encode())
+
+        async with self.lock:
+            self.last_turn = time.monotonic()
+            try:
+                job_path = (await reader.readline()).decode().strip()
+                job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+                os.remove(job_path)
+                turn = asyncio.create_task(self.turn(job, out, writer))
+                gone = asyncio.create_task(reader.read())  # EOF: the caller went away
+                done, _ = await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if turn not in done:
+                    turn.cancel()
+                    with contextlib.suppress(BaseException):
+                        await turn
+                gone.cancel()
+            except Exception as error:
+                out("error", code="agent_failed", message=f"warm agent: {error}"[:1000])
+            finally:
+                self.last_turn = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await writer.drain()
+                    writer.close()
+
+    async def turn(self, job: dict[str, Any], out: Emit, writer: asyncio.StreamWriter) -> None:
+        from claude_agent_sdk import ClaudeSDKClient
+
+        cwd = await prepare(job, out)
+        if cwd is None:
+            return
+        key = json.dumps([cwd, client_options(job)], sort_keys=True)
+        resume = job.get("resume")
+        warm = self.sessions.get(resume) if resume else None
+        if warm and (warm.key != key or job.get("restore")):
+            await self.discard(resume)
+            warm = None
+        if warm is None:
+            tail: deque[str] = deque(maxlen=20)
+            store = MirrorStore(out)
+            client = ClaudeSDKClient(build_options(job, cwd, tail, store))
+            warm = WarmSession(key, client, store, tail)
+            await client.connect()
+        warm.store.emit = out
+        finished = None
+        try:
+            await warm.client.query(job["prompt"])
+            async for message in warm.client.receive_response():
+                finished = translate(message, out) or finished
+                await writer.drain()
+        except BaseException as error:  # cancelled (caller gone) or broken: never reuse it
+            if resume:
+                self.sessions.pop(resume, None)
+            asyncio.get_running_loop().create_task(self.close(warm))
+            if isinstance(error, Exception):
+                report_failure(out, error, warm.stderr_tail)
+                return
+            raise
+        if not finished:
+            out("error", code="agent_failed", message="the agent ended without a result")
+            await self.close(warm)
+            return
+        if resume and resume != finished:
+            self.sessions.pop(resume, None)
+        self.sessions[finished] = warm
+
+    async def discard(self, session_id: str) -> None:
+        warm = self.sessions.pop(session_id, None)
+        if warm is not None:
+            await self.close(warm)
+
+    @staticmethod
+    async def close(warm: WarmSession) -> None:
+        with contextlib.suppress(Exception):
+            await warm.client.disconnect()
+
+
+def connect(address: str) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(address)
+        return conn
+    except OSError:
+        conn.close()
+        return None
+
+
+def start_agent(address: str) -> socket.socket | None:
+    """Start the warm agent, detached from this process, and wait for it to listen."""
+    log = Path(os.environ.get("HOME", ".")) / ".agent-runner" / "warm-agent.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as stderr:
+        subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        conn = connect(address)
+        if conn is not None:
+            return conn
+        time.sleep(0.05)
+    return None
+
+
+def warm_turn(job_path: str) -> int | None:
+    """Relay the turn through the warm agent; None when it cannot be reached (go one-shot)."""
+    address = agent_address()
+    conn = connect(address) or start_agent(address)
+    if conn is None:
+        return None
+    status = None
+    with conn, conn.makefile("rb") as lines:
+        conn.sendall(job_path.encode() + b"\n")
+        for line in lines:
+            sys.stdout.write(line.decode())
+            sys.stdout.flush()
+            kind = json.loads(line).get("type")
+            status = {"result": 0, "restore_needed": 3, "error": 1}.get(kind, status)
+    if status is None:
+        emit("error", code="agent_failed", message="the warm agent ended without a result")
+        return 1
+    return status
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        emit("error", code="bad_job", message="usage: agent_runner.py JOB_FILE")
+    if argv[1:] == ["--serve"]:
+        asyncio.run(WarmAgent(float(os.environ.get("AGENT_WARM_IDLE") or 300)).serve(
+            agent_address()))
+        return 0
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--warm"]):
+        emit("error", code="bad_job", message="usage: agent_runner.py JOB_FILE [--warm]")
         return 2
     try:
         with open(argv[1], encoding="utf-8") as handle:
             job = json.load(handle)
-        os.remove(argv[1])  # the prompt need not outlive the turn on the sandbox's disk
         if not isinstance(job.get("prompt"), str):
             raise ValueError("job has no prompt")
     except (OSError, ValueError) as error:
         emit("error", code="bad_job", message=str(error))
         return 2
-    return asyncio.run(run(job))
+    if argv[2:] == ["--warm"]:
+        status = warm_turn(argv[1])
+        if status is not None:
+            return status
+    os.remove(argv[1])  # the prompt need not outlive the turn on the sandbox's disk
+    return asyncio.run(one_shot(job))
 
 
 if __name__ == "__main__":

@@ -110,12 +110,25 @@ class LocalSandboxBackend:
         return json.loads(state.read_text())["status"]
 
     def stop(self, name: str) -> None:
+        """Like a stopped VM: files stay, processes (the warm agent) do not."""
         root = self._root(name)
         if (root / _STATE_FILE).exists():
+            self._stop_processes(root)
             self._set_status(root, "stopped")
 
     def destroy(self, name: str) -> None:
-        shutil.rmtree(self._root(name), ignore_errors=True)
+        root = self._root(name)
+        self._stop_processes(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+    @staticmethod
+    def _stop_processes(root: Path) -> None:
+        for pid_file in (root / "home").glob(".agent-runner/*.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            except (ValueError, OSError):
+                pass
+            pid_file.unlink(missing_ok=True)
 
     def list(self) -> list[SandboxInfo]:
         if not self.base.exists():
