@@ -85,15 +85,16 @@ def _tool_part(event: ToolActivity) -> dict[str, Any]:
 def to_json(events: Iterator[TurnEvent]) -> tuple[int, dict[str, Any]]:
     """Run the turn to its end; the answer is TurnDone's fields (plus notices) or the error."""
     notices: list[dict[str, str]] = []
-    for event in events:
-        if isinstance(event, Notice):
-            notices.append(asdict(event))
-        elif isinstance(event, TurnDone):
-            body = asdict(event)
-            if notices:
-                body["notices"] = notices
-            return 200, body
-        elif isinstance(event, TurnFailed):
-            return event.error.status, event.error.to_json()
+    with closing(events):  # type: ignore[type-var]  # the turn finishes (and logs) now
+        for event in events:
+            if isinstance(event, Notice):
+                notices.append(asdict(event))
+            elif isinstance(event, TurnDone):
+                body = asdict(event)
+                if notices:
+                    body["notices"] = notices
+                return 200, body
+            elif isinstance(event, TurnFailed):
+                return event.error.status, event.error.to_json()
     failure = ServiceError("the turn ended without a result")
     return failure.status, failure.to_json()
