@@ -73,7 +73,7 @@ def sandbox_backend(settings: Settings) -> SandboxBackend:
         ))
     from lib.sandboxes.local import LocalSandboxBackend
 
-    return LocalSandboxBackend(settings.data_dir)
+    return LocalSandboxBackend(settings.data_dir, settings.local_sandbox_python)
 
 
 def _transcripts(settings: Settings, redis: Redis) -> TranscriptStore:

@@ -57,6 +57,7 @@ class Settings:
     sandbox_backend: str = "local"
     sandbox_name_prefix: str = "agent-"
     data_dir: Path = Path(".data")
+    local_sandbox_python: str | None = None
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     agent: AgentOptions = AgentOptions()
@@ -143,6 +144,7 @@ class Settings:
             sandbox_backend=read.choice("SANDBOX_BACKEND", ("local", "vercel"), "local"),
             sandbox_name_prefix=read.text("SANDBOX_NAME_PREFIX") or "agent-",
             data_dir=Path(read.text("DATA_DIR") or ".data").absolute(),
+            local_sandbox_python=read.text("LOCAL_SANDBOX_PYTHON"),
             anthropic_api_key=read.text("ANTHROPIC_API_KEY"),
             anthropic_base_url=read.text("ANTHROPIC_BASE_URL"),
             agent=AgentOptions(

@@ -273,9 +273,12 @@ class WarmAgent:
                     turn.cancel()
                     with contextlib.suppress(BaseException):
                         await turn
+                elif turn.exception() is not None:  # e.g. the SDK is not installed
+                    raise turn.exception()  # type: ignore[misc]
                 gone.cancel()
             except Exception as error:
-                out("error", code="agent_failed", message=f"warm agent: {error}"[:1000])
+                out("error", code="agent_failed",
+                    message=f"warm agent: {type(error).__name__}: {error}"[:1000])
             finally:
                 self.last_turn = time.monotonic()
                 with contextlib.suppress(Exception):

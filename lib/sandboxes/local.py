@@ -62,10 +62,10 @@ class LocalProcess:
 
 
 class LocalSandbox:
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, python: str) -> None:
         self.name = name
         self.root = root
-        self.python = sys.executable  # the dev venv has claude-agent-sdk and its bundled CLI
+        self.python = python  # an interpreter with claude-agent-sdk (and its bundled CLI)
         self.home = str(root / "home")
         self.workdir = str(root / "work")
         self.env: dict[str, str] = {}
@@ -92,8 +92,9 @@ class LocalSandbox:
 
 
 class LocalSandboxBackend:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, python: str | None = None) -> None:
         self.base = data_dir / "sandboxes"
+        self.python = python or sys.executable  # the dev venv's, which has the SDK
 
     def attach(self, name: str) -> Attachment:
         root = self._root(name)
@@ -101,7 +102,7 @@ class LocalSandboxBackend:
         for folder in ("home/.claude", "work"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         self._set_status(root, "running")
-        return Attachment(LocalSandbox(name, root), fresh)
+        return Attachment(LocalSandbox(name, root, self.python), fresh)
 
     def status(self, name: str) -> SandboxStatus | None:
         state = self._root(name) / _STATE_FILE
