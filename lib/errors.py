@@ -91,9 +91,3 @@ class AuthUnavailable(ServiceError):
 class SandboxUnavailable(ServiceError):
     status = 503
     code = "sandbox_unavailable"
-
-
-class TranscriptTooLarge(ServiceError):
-    """One transcript entry is bigger than a store request may be."""
-
-    code = "transcript_entry_too_large"

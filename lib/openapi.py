@@ -11,7 +11,6 @@ ERROR_CODES = [
     "unsupported_media_type", "turn_in_progress", "lock_lost", "rate_limited",
     "daily_limit_reached", "agent_failed", "turn_timeout", "state_unavailable",
     "sandbox_unavailable", "auth_unavailable", "misconfigured", "internal_error",
-    "transcript_entry_too_large",
 ]
 
 

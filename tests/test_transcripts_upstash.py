@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
-import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
 from lib.devtools.serving import serve_in_background
 from lib.devtools.upstash_server import UpstashRestServer
-from lib.errors import TranscriptTooLarge
 from lib.state import connect
 from lib.transcripts import SdkSessionStore, SessionKey, load_transcript
 from lib.transcripts.upstash import UpstashTranscripts
@@ -72,10 +71,32 @@ def test_a_long_transcript_loads_whole_through_bounded_requests():
     assert reads >= 10 * 1024 * 1024 * 4 // 3 // limit  # it really paged: ~13 MB of base64
 
 
-def test_an_entry_too_big_for_one_request_is_refused_clearly(upstash_fakeredis: Upstash):
-    store = make_store(upstash_fakeredis, max_request_bytes=8 * 1024)
-    with pytest.raises(TranscriptTooLarge, match="TRANSCRIPT_MAX_REQUEST_BYTES"):
-        store.append(KEY, [{"type": "attachment", "blob": "y" * 10_000}])
+def test_an_entry_too_big_for_one_request_is_stored_in_pieces(upstash_any: Upstash):
+    limit = 64 * 1024
+    app = UpstashRestServer(max_request_bytes=limit)
+    server = serve_in_background(app)
+    try:
+        store = make_store(Upstash(server.url, app), max_request_bytes=limit)
+        big = {"type": "user", "uuid": "big", "text": '"quoted" \\ é ' * 40_000}  # ~0.6 MB
+        batch = [{"type": "user", "uuid": "a"}, big, {"type": "user", "uuid": "b"}]
+        store.append(KEY, batch)
+        store.append(KEY, batch)  # a retry: nothing is stored twice
+        assert store.load(KEY) == batch
+        assert app.largest_request <= limit and app.largest_response <= limit
+    finally:
+        server.stop()
+
+
+def test_an_interrupted_run_of_pieces_is_skipped(upstash_fakeredis: Upstash):
+    from lib.transcripts.upstash import _PART
+
+    store = make_store(upstash_fakeredis)
+    entries_key = store._transcript_keys(KEY)[0]
+    for item in (json.dumps({"type": "user", "uuid": "a"}), f"{_PART}0/3 eyJ0",
+                 json.dumps({"type": "user", "uuid": "b"})):
+        store.redis.rpush(entries_key, item)
+        store.redis.rpush(f"{entries_key}:n", len(item))
+    assert store.load(KEY) == [{"type": "user", "uuid": "a"}, {"type": "user", "uuid": "b"}]
 
 
 def test_load_transcript_collects_subagents(upstash_fakeredis: Upstash):

@@ -9,11 +9,15 @@ Per transcript (main, or one subagent `subpath`), with `<t>` = `<prefix>:tx:<pro
 
 Every append is one Lua script per chunk (dedup, push, index, TTL refresh: atomic), chunks sized
 so no request exceeds `max_request_bytes`; reads are `LRANGE` pages planned from the lengths so
-no answer exceeds it either. Every key's TTL is refreshed on append (retention).
+no answer exceeds it either. An entry too large for one request is stored as base64 pieces in
+consecutive items (`\0part i/n ...`), its `uuid` checked with the last piece, so a retried
+write leaves at most an incomplete run of pieces, which `load` skips. Every key's TTL is
+refreshed on append (retention).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -21,7 +25,6 @@ from urllib.parse import quote
 
 from upstash_redis import Redis
 
-from lib.errors import TranscriptTooLarge
 from lib.state import call_safely
 from lib.transcripts import Entry, SessionKey, SessionListEntry
 
@@ -48,6 +51,31 @@ return added
 """
 
 _LENGTHS_PAGE = 10_000  # lengths are short strings: 10k of them answer in well under 200 KB
+_PART = "\0part "  # an item holding a piece of an entry too large for one request
+
+
+def _decoded(items: list[str]) -> list[Entry]:
+    """Entries from stored items, joining the pieces of large ones; an incomplete run of pieces
+    (a write that failed and was retried) is skipped."""
+    entries: list[Entry] = []
+    pieces: list[str] = []
+    for item in items:
+        if not item.startswith(_PART):
+            entries.append(json.loads(item))
+            pieces = []
+            continue
+        header, piece = item[len(_PART):].split(" ", 1)
+        index, total = (int(n) for n in header.split("/"))
+        if index == 0:
+            pieces = []
+        if index != len(pieces):
+            pieces = []
+            continue
+        pieces.append(piece)
+        if len(pieces) == total:
+            entries.append(json.loads(base64.b64decode("".join(pieces))))
+            pieces = []
+    return entries
 
 
 def _b64_size(n: int) -> int:
@@ -95,19 +123,32 @@ class UpstashTranscripts:
         chunk: list[str] = []
         size = fixed
         for entry in entries:
-            pair = [str(entry.get("uuid") or ""), json.dumps(entry, separators=(",", ":"))]
-            pair_size = sum(map(_arg_size, pair))
-            if fixed + pair_size > self.max_request_bytes:
-                raise TranscriptTooLarge(
-                    f"a transcript entry of {pair_size} bytes exceeds TRANSCRIPT_MAX_REQUEST_BYTES"
-                )
-            if size + pair_size > self.max_request_bytes:
-                yield chunk
-                chunk, size = [], fixed
-            chunk += pair
-            size += pair_size
+            for pair in self._items(fixed, entry):
+                pair_size = sum(map(_arg_size, pair))
+                if chunk and size + pair_size > self.max_request_bytes:
+                    yield chunk
+                    chunk, size = [], fixed
+                chunk += pair
+                size += pair_size
         if chunk:
             yield chunk
+
+    def _items(self, fixed: int, entry: Entry) -> Iterator[list[str]]:
+        """(uuid, item) pairs for one entry: itself, or base64 pieces, each small enough to be
+        written in one request and read back (base64-encoded by Upstash) in one answer."""
+        uuid = str(entry.get("uuid") or "")
+        text = json.dumps(entry, separators=(",", ":"))
+        answer_room = (self.max_request_bytes - 64) * 3 // 4 - 3  # raw bytes whose base64 fits
+        request_room = self.max_request_bytes - fixed - _arg_size(uuid)
+        if _arg_size(text) <= request_room and len(text.encode()) <= answer_room:
+            yield [uuid, text]
+            return
+        encoded = base64.b64encode(text.encode()).decode()  # no JSON escaping: sizes are known
+        room = min(request_room, answer_room) - 64  # the piece's header and quotes
+        pieces = [encoded[i:i + room] for i in range(0, len(encoded), room)]
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            yield [uuid if last else "", f"{_PART}{index}/{len(pieces)} {piece}"]
 
     def load(self, key: SessionKey) -> list[Entry] | None:
         entries_key, lengths_key, _ = self._transcript_keys(key)
@@ -121,11 +162,11 @@ class UpstashTranscripts:
                 break
         if not lengths:
             return None
-        entries: list[Entry] = []
+        items: list[str] = []
         for start, stop in self._pages(lengths):
-            page = call_safely(lambda s=start, e=stop: self.redis.lrange(entries_key, s, e), attempts=2)
-            entries += [json.loads(raw) for raw in page]
-        return entries
+            items += call_safely(lambda s=start, e=stop: self.redis.lrange(entries_key, s, e),
+                                 attempts=2)
+        return _decoded(items)
 
     def _pages(self, lengths: list[int]) -> Iterator[tuple[int, int]]:
         """Index ranges whose answer (base64 strings in a JSON array) fits `max_request_bytes`."""
