@@ -28,9 +28,11 @@ from pathlib import Path
 
 import httpx
 
+from lib.devtools.dev_server import spawn
 from lib.devtools.model_server import OfflineModel
 from lib.devtools.serving import serve_in_background
 from lib.devtools.upstash_server import DEV_TOKEN, UpstashRestServer
+from lib.sandboxes.local import stop_warm_agents
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
@@ -68,23 +70,11 @@ def bench_raw(model_url: str) -> list[float]:
     return [raw_query(env, home / "work", session, f"raw {i}")[0] for i in range(REPEAT)]
 
 
-def start_dev_server(upstash_url: str, model_url: str) -> tuple[subprocess.Popen, str]:
-    port = 3900 + os.getpid() % 90
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "ANTHROPIC_"))},
-           "PORT": str(port), "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-"),
-           "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
-           "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "off",
-           "AGENT_WARM_IDLE": "30"}
-    process = subprocess.Popen([sys.executable, "-m", "lib.devtools.dev_server"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/api/health").status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("the dev server did not start")
+def start_dev_server(upstash_url: str, model_url: str, data_dir: str) -> tuple[subprocess.Popen, str]:
+    return spawn({"PORT": str(3900 + os.getpid() % 90), "DATA_DIR": data_dir,
+                  "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
+                  "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "off",
+                  "AGENT_WARM_IDLE": "30"})
 
 
 HTTP = httpx.Client(timeout=120)  # one keep-alive connection, like a browser or a server
@@ -124,7 +114,8 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     model, upstash = OfflineModel(), UpstashRestServer()
     model_server, upstash_server = serve_in_background(model), serve_in_background(upstash)
-    process, url = start_dev_server(upstash_server.url, model_server.url)
+    data_dir = tempfile.mkdtemp(prefix="bench-data-")
+    process, url = start_dev_server(upstash_server.url, model_server.url, data_dir)
     try:
         raw = bench_raw(model_server.url)
         turn(url, "warm-up", "warm-up")
@@ -143,6 +134,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait()
+        stop_warm_agents(Path(data_dir))
         model_server.stop()
         upstash_server.stop()
     print(f"turns: medians of {REPEAT} after a warm-up (offline model, local sandboxes)")

@@ -6,20 +6,20 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lib.config import Settings
+from lib.devtools.dev_server import spawn
 from lib.devtools.model_server import OfflineModel
 from lib.devtools.serving import BackgroundServer, serve_in_background
 from lib.devtools.upstash_server import DEV_TOKEN, UpstashRestServer
+from lib.sandboxes.local import stop_warm_agents
 
 ROOT = Path(__file__).resolve().parents[1]
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
@@ -142,39 +142,21 @@ def start_dev_server(tmp_path: Path):
     started: list[DevServer] = []
 
     def start(**env: str) -> DevServer:
-        port = free_port()
         log_path = tmp_path / f"dev-{len(started)}.log"
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("UPSTASH_", "KV_", "ANTHROPIC_", "AUTH_"))}
-        full_env.update({"PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
-                         "AGENT_WARM_IDLE": "20", **env})
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "lib.devtools.dev_server"],
-                                       cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        server = DevServer(f"http://127.0.0.1:{port}", process, log_path)
+            try:
+                process, url = spawn({"PORT": str(free_port()), "DATA_DIR": str(tmp_path / "data"),
+                                      "AGENT_WARM_IDLE": "20", **env}, stdout=log)
+            except RuntimeError:
+                raise AssertionError(f"dev server did not start:\n{log_path.read_text()}") from None
+        server = DevServer(url, process, log_path)
         started.append(server)
-        try:
-            wait_until(lambda: httpx.get(f"{server.url}/api/health").status_code == 200,
-                       what="the dev server")
-        except TimeoutError:
-            raise AssertionError(f"dev server did not start:\n{server.log()}") from None
         return server
 
     yield start
     for server in started:
         server.stop()
-    stop_warm_agents(tmp_path)
-
-
-def stop_warm_agents(root: Path) -> None:
-    """Warm agents run detached from their sandbox's commands: stop those a test left."""
-    import signal
-
-    for pid_file in root.rglob("warm-agent.pid"):
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ValueError, OSError):
-            pass
+    stop_warm_agents(tmp_path)  # the warm agents a test left behind
 
 
 pytest_plugins = ["tests.world"]

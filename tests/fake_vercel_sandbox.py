@@ -34,6 +34,8 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from lib.sandboxes.local import stop_warm_agents
+
 _ids = itertools.count(1)
 
 
@@ -282,11 +284,7 @@ class FakeSandboxApi:
         for command in box.commands.values():
             command.kill()
         box.commands.clear()
-        for pid_file in box.root.rglob("*.pid"):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except (ValueError, OSError):
-                pass
+        stop_warm_agents(box.root)
         box.status = "stopped"
 
     def _stop(self, request: Request, sid: str) -> Response:

@@ -16,8 +16,9 @@ import pytest
 
 from lib.bootstrap import build
 from lib.devtools.serving import serve_in_background
+from lib.sandboxes.local import stop_warm_agents
 from lib.sandboxes.vercel import PLACEHOLDER_KEY
-from tests.conftest import Upstash, make_settings, stop_warm_agents
+from tests.conftest import Upstash, make_settings
 from tests.fake_vercel_sandbox import FakeSandboxApi
 from tests.world import CRON_SECRET, World, user
 

@@ -15,8 +15,10 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,30 @@ def start_stand_ins(env: dict[str, str]) -> list[str]:
                        "(set ANTHROPIC_API_KEY for the real model)")
     env.setdefault("AUTH_MODE", "dev")
     return started
+
+
+def spawn(env: Mapping[str, str], stdout: Any = subprocess.DEVNULL,
+          timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
+    """Start the dev server as its own process (a new function instance) on env["PORT"],
+    without this process's Upstash, model and auth variables; return it once /api/health
+    answers (RuntimeError, with the process killed, if it does not)."""
+    import httpx
+
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("UPSTASH_", "KV_", "ANTHROPIC_", "AUTH_"))}
+    process = subprocess.Popen([sys.executable, "-m", "lib.devtools.dev_server"], cwd=ROOT,
+                               env={**inherited, **env}, stdout=stdout, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the dev server did not start")
 
 
 def main() -> None:

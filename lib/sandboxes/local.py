@@ -25,6 +25,17 @@ _STATE_FILE = "sandbox.json"
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 
 
+def stop_warm_agents(root: Path) -> None:
+    """Stop every warm agent under `root`: they run detached from the commands that started
+    them, and each leaves its pid in `warm-agent.pid` (see the runner)."""
+    for pid_file in root.rglob("warm-agent.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, OSError):
+            pass
+        pid_file.unlink(missing_ok=True)
+
+
 class LocalProcess:
     def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
         self._stderr = tempfile.TemporaryFile()
@@ -114,22 +125,13 @@ class LocalSandboxBackend:
         """Like a stopped VM: files stay, processes (the warm agent) do not."""
         root = self._root(name)
         if (root / _STATE_FILE).exists():
-            self._stop_processes(root)
+            stop_warm_agents(root)
             self._set_status(root, "stopped")
 
     def destroy(self, name: str) -> None:
         root = self._root(name)
-        self._stop_processes(root)
+        stop_warm_agents(root)
         shutil.rmtree(root, ignore_errors=True)
-
-    @staticmethod
-    def _stop_processes(root: Path) -> None:
-        for pid_file in (root / "home").glob(".agent-runner/*.pid"):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except (ValueError, OSError):
-                pass
-            pid_file.unlink(missing_ok=True)
 
     def list(self) -> list[SandboxInfo]:
         if not self.base.exists():
