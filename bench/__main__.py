@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["turns", "cleanup"]
+BENCHMARKS = ["turns", "vercel", "cleanup"]
 
 
 def main(argv: list[str]) -> int:

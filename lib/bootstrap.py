@@ -61,6 +61,7 @@ def sandbox_backend(settings: Settings) -> SandboxBackend:
             project_id=settings.vercel_project_id,
             region=settings.sandbox_region,
             timeout=settings.sandbox_timeout,
+            turn_timeout=settings.turn_timeout,
             vcpus=settings.sandbox_vcpus,
             image=settings.sandbox_image,
             base_snapshot_id=settings.sandbox_base_snapshot_id,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TypeVar
 
 import httpx
@@ -93,13 +93,18 @@ class SessionRecord:
     turns: int
     created_at: float
     last_active_at: float
+    # Where the sandbox was at the last commit (the backend's opaque hint: on Vercel its session
+    # id), so the next turn runs its command without looking the sandbox up first.
+    sandbox_hint: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str) -> SessionRecord:
-        return cls(**json.loads(raw))
+        """Fields this version does not know (a newer deployment's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 @dataclass(frozen=True)

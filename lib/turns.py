@@ -8,6 +8,7 @@ by the final commit, so an error leaves the previous record untouched.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -22,10 +23,10 @@ from lib import logs
 from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
 from lib.conversation import Message, messages_from
-from lib.errors import AgentFailed, ServiceError, TurnTimeout
+from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
 from lib.limits import TurnLimits
-from lib.runner import RUNNER_SOURCE_PATH
+from lib.runner import LAUNCHER, RUNNER_SOURCE_PATH
 from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
 from lib.state import Lease, SessionRecord, StateStore
 from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
@@ -35,6 +36,11 @@ log = logging.getLogger("agent.turns")
 # The CLI only needs these to run offline or against the real API; nothing else of ours leaks in.
 _QUIET_CLI = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
 _PLACEHOLDER_KEY = "placeholder-key-for-a-keyless-model-server"
+# A job travels in the command (one request) up to this size of its base64; a larger one (a
+# restored transcript) goes in a file first. Linux takes 128 KiB per argument.
+JOB_ARG_LIMIT = 64 * 1024
+# The backend ends a runner this long after the turn's deadline, should our own kill not land.
+_KILL_MARGIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,29 @@ class TurnService:
     def sandbox_name(self, lease: Lease) -> str:
         return lease.sandbox_name(self.settings.sandbox_name_prefix)
 
-    def install_runner(self, sandbox: Sandbox) -> str:
-        """Copy the runner into the sandbox once per version; return its path there."""
-        path = f"{sandbox.home}/.agent-runner/{self._runner_version}/agent_runner.py"
-        if not sandbox.exists(path):
-            sandbox.write_file(path, self._runner_source)
-        return path
+    def runner_path(self, sandbox: Sandbox) -> str:
+        return f"{sandbox.home}/.agent-runner/{self._runner_version}/agent_runner.py"
+
+    def command(self, sandbox: Sandbox, job: dict[str, Any], job_id: str) -> list[str]:
+        """The turn's one command: the launcher, then the runner with the job (in the command
+        when small, else in a file written first)."""
+        encoded = base64.b64encode(json.dumps(job).encode()).decode()
+        if len(encoded) <= JOB_ARG_LIMIT:
+            job_args = ["--job", encoded]
+        else:
+            job_file = f"{sandbox.home}/.agent-runner/jobs/{job_id}.json"
+            sandbox.write_files({job_file: json.dumps(job).encode()})
+            job_args = ["--job-file", job_file]
+        marker, want = sandbox.install_marker or ("", "")
+        argv = [sandbox.python, "-c", LAUNCHER, self.runner_path(sandbox), sandbox.workdir,
+                marker, want, *job_args]
+        return [*argv, "--warm"] if self.settings.agent_warm else argv
+
+    def install(self, sandbox: Sandbox, missing: list[str]) -> None:
+        """What the launcher found missing: the agent SDK (backend-specific), then the runner."""
+        if "agent" in missing:
+            sandbox.install_agent()
+        sandbox.write_files({self.runner_path(sandbox): self._runner_source})
 
     def runner_env(self, sandbox: Sandbox) -> dict[str, str]:
         env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude",
@@ -131,6 +154,7 @@ class Turn:
         self.prompt = prompt
         self.options = options
         self._settled = False
+        self.sandbox: Sandbox | None = None
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
         # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
         self.deadline = time.monotonic() + service.settings.turn_timeout
@@ -190,23 +214,37 @@ class Turn:
     def _run(self) -> Iterator[TurnEvent]:
         service, record = self.service, self.lease.record
         with self._timed("attach"):
-            attachment = service.sandboxes.attach(service.sandbox_name(self.lease))
-            sandbox = attachment.sandbox
-            runner = service.install_runner(sandbox)
+            attachment = service.sandboxes.attach(service.sandbox_name(self.lease),
+                                                  record.sandbox_hint if record else None)
+        sandbox = attachment.sandbox
+        self.sandbox = sandbox
         resume = record.session_id if record else None
         restore = None
         if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
             resume, restore = yield from self._restorable(resume)
-        outcome = yield from self._attempt(sandbox, runner, resume, restore)
-        if outcome["type"] == "restore_needed" and resume and restore is None:
-            log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
-            resume, restore = yield from self._restorable(resume)
-            outcome = yield from self._attempt(sandbox, runner, resume, restore)
+        installed = False
+        while True:  # at most: install, restore, run
+            outcome = yield from self._attempt(sandbox, resume, restore)
+            if outcome["type"] == "needs_install" and not installed:
+                installed = True
+                with self._timed("install"):
+                    service.install(sandbox, list(outcome.get("missing") or ["runner", "agent"]))
+            elif outcome["type"] == "restore_needed" and resume and restore is None:
+                log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
+                resume, restore = yield from self._restorable(resume)
+            else:
+                break
+        if outcome["type"] == "broken":  # its transcript was mirrored as it went: keep it
+            self._save(outcome["session_id"])
+            raise outcome["error"]
         if outcome["type"] == "timeout":
             if outcome["session_id"]:  # what the turn did is in its transcript: keep it
                 self._save(outcome["session_id"])
             raise TurnTimeout(f"the turn ran out of its {service.settings.turn_timeout} s; "
                               "what it did so far is kept and the conversation goes on")
+        if outcome["type"] == "needs_install":
+            raise SandboxUnavailable(f"sandbox {sandbox.name} still lacks {outcome.get('missing')} "
+                                     "after installing it")
         if outcome["type"] != "result":
             raise AgentFailed("the agent could not find its conversation after a restore")
         saved = self._save(outcome["session_id"])
@@ -227,6 +265,7 @@ class Turn:
             turns=record.turns + 1 if continued and record else 1,
             created_at=record.created_at if continued and record else now,
             last_active_at=now,
+            sandbox_hint=self.sandbox.hint if self.sandbox else None,
         )
         with self._timed("save"):
             service.state.commit(self.lease, saved)
@@ -244,18 +283,15 @@ class Turn:
         return session_id, transcript.to_job()
 
     def _attempt(
-        self, sandbox: Sandbox, runner: str, resume: str | None, restore: dict | None
+        self, sandbox: Sandbox, resume: str | None, restore: dict | None
     ) -> Iterator[TurnEvent]:
-        job = {"prompt": self.prompt, "resume": resume, "restore": restore, "cwd": sandbox.workdir,
+        job = {"prompt": self.prompt, "resume": resume, "restore": restore,
                "options": self.options.to_job()}
-        job_path = f"{sandbox.home}/.agent-runner/jobs/{self.lease.token}.json"
         with self._timed("run"):
-            sandbox.write_file(job_path, json.dumps(job).encode())
-            argv = [sandbox.python, runner, job_path]
-            if self.service.settings.agent_warm:
-                argv.append("--warm")
+            argv = self.service.command(sandbox, job, self.lease.token)
+            remaining = max(0.0, self.deadline - time.monotonic())
             return (yield from self._stream(
-                sandbox.run(argv, self.service.runner_env(sandbox))
+                sandbox.run(argv, self.service.runner_env(sandbox), remaining + _KILL_MARGIN)
             ))
 
     def _mirror(self, message: dict[str, Any]) -> None:
@@ -273,8 +309,9 @@ class Turn:
 
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
         """Forward the runner's lines as events, mirror its transcript batches; return its
-        result (or restore_needed) line, {"type": "timeout", "session_id"} when the turn's
-        deadline stopped it, or raise."""
+        result (or restore_needed, needs_install) line, {"type": "timeout", "session_id"} when
+        the turn's deadline stopped it, {"type": "broken", "session_id", "error"} when the
+        sandbox broke off after the agent began, or raise."""
         timed_out = threading.Event()
 
         def expire() -> None:
@@ -304,11 +341,16 @@ class Turn:
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":
                     self._mirror(message)
-                elif kind in ("result", "restore_needed"):
+                elif kind in ("result", "restore_needed", "needs_install"):
                     result = message
                 elif kind == "error":
                     failure = message
-            code = process.wait()
+            try:
+                code = process.wait()
+            except ServiceError as error:  # the sandbox broke off: keep what the agent saved
+                if session_id and not timed_out.is_set():
+                    return {"type": "broken", "session_id": session_id, "error": error}
+                raise
         finally:
             timer.cancel()
             process.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +45,7 @@ class Script:
     stderr: str = ""
     started: threading.Event | None = None  # set once the process runs...
     gate: threading.Event | None = None  # ...which then waits for this before its first line
+    broken: Exception | None = None  # wait() raises this: the sandbox broke off
 
 
 class FakeProcess:
@@ -64,6 +66,8 @@ class FakeProcess:
             self.killed.wait(30)
 
     def wait(self) -> int:
+        if self.script.broken:
+            raise self.script.broken
         return -9 if self.killed.is_set() else self.script.exit_code
 
     def kill(self) -> None:
@@ -82,17 +86,21 @@ class FakeSandbox:
     workdir: str = "/home/agent/work"
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    install_marker: tuple[str, str] | None = None
+    hint: str | None = None
 
-    def run(self, argv: list[str], env: Mapping[str, str]) -> FakeProcess:
-        job = json.loads(self.files[argv[2]])  # python RUNNER JOB [--warm]
-        self.backend.runs.append({"argv": argv, "env": dict(env), "job": job})
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> FakeProcess:
+        """python -c LAUNCHER RUNNER WORKDIR MARKER WANT (--job B64 | --job-file PATH) [--warm]"""
+        how, value = argv[7:9]
+        job = json.loads(base64.b64decode(value) if how == "--job" else self.files.pop(value))
+        self.backend.runs.append({"argv": argv, "env": dict(env), "job": job, "timeout": timeout})
         return FakeProcess(self.backend.next_script(job))
 
-    def write_file(self, path: str, data: bytes) -> None:
-        self.files[path] = data
+    def write_files(self, files: Mapping[str, bytes]) -> None:
+        self.files.update(files)
 
-    def exists(self, path: str) -> bool:
-        return path in self.files
+    def install_agent(self) -> None:
+        self.backend.installs += 1
 
 
 class FakeSandboxBackend:
@@ -104,6 +112,8 @@ class FakeSandboxBackend:
         self.scripts: list[Script] = []
         self.respond = respond
         self.runs: list[dict] = []
+        self.installs = 0
+        self.hints: list[str | None] = []  # what each attach was given
         self.on_stop: Callable[[str], None] = lambda name: None
 
     def next_script(self, job: dict) -> Script:
@@ -112,9 +122,10 @@ class FakeSandboxBackend:
         assert self.respond is not None, "no script left for this run"
         return self.respond(job)
 
-    def attach(self, name: str) -> Attachment:
+    def attach(self, name: str, hint: str | None = None) -> Attachment:
+        self.hints.append(hint)
         fresh = name not in self.sandboxes
-        sandbox = self.sandboxes.setdefault(name, FakeSandbox(name, self))
+        sandbox = self.sandboxes.setdefault(name, FakeSandbox(name, self, hint=f"at:{name}"))
         self.statuses[name] = "running"
         return Attachment(sandbox, fresh)
 

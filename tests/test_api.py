@@ -12,8 +12,10 @@ from werkzeug.test import Client
 from api import chat, health, session, session_messages
 from lib.bootstrap import build
 from lib.devtools.dev_server import DevServer
+from lib.errors import SandboxUnavailable
+from lib.runner import NEEDS_INSTALL, RUNNER_SOURCE_PATH
 from tests.conftest import Upstash, free_port, make_settings
-from tests.fakes import Script, line, ok_result
+from tests.fakes import Script, line, mirror, ok_result
 from tests.world import ALICE, JSON, SSE, World
 
 
@@ -319,6 +321,57 @@ def test_a_runner_without_its_transcript_is_retried_once_with_the_restore(world:
     first, second = world.sandboxes.runs[-2:]
     assert first["job"]["restore"] is None and second["job"]["restore"]["entries"]
     assert second["job"]["resume"] == "sess-1"
+
+
+def test_what_the_launcher_finds_missing_is_installed_then_the_turn_runs(world: World):
+    seed(world)
+    world.sandboxes.scripts.append(
+        Script([line("needs_install", missing=["runner", "agent"])], NEEDS_INSTALL))
+    response = world.turn("next")
+    assert response.status_code == 200 and response.json["turn"] == 2, response.json
+    sandbox = next(iter(world.sandboxes.sandboxes.values()))
+    runner = world.services.turns.runner_path(sandbox)
+    assert sandbox.files[runner] == RUNNER_SOURCE_PATH.read_bytes()
+    assert world.sandboxes.installs == 1
+    assert [run["job"]["prompt"] for run in world.sandboxes.runs[-2:]] == ["next", "next"]
+
+
+def test_still_missing_after_the_install_is_503(world: World):
+    world.sandboxes.scripts += [Script([line("needs_install", missing=["agent"])],
+                                       NEEDS_INSTALL)] * 2
+    response = world.turn("hello")
+    assert response.status_code == 503 and response.json["error"]["code"] == "sandbox_unavailable"
+    assert world.stored() is None and world.lock() is None
+
+
+def test_the_sandbox_hint_is_kept_for_the_next_attach(world: World):
+    seed(world)
+    assert world.stored().sandbox_hint == f"at:{world.stored().sandbox_name}"
+    world.turn("next")
+    assert world.sandboxes.hints == [None, f"at:{world.stored().sandbox_name}"]
+
+
+def test_a_sandbox_that_breaks_off_mid_turn_keeps_what_the_agent_saved(world: World):
+    seed(world)
+    world.sandboxes.scripts.append(Script(
+        [line("session", session_id="sess-1"), mirror("sess-1", "cut", "half an ans"),
+         line("text", text="half an ans")],
+        broken=SandboxUnavailable("the sandbox stopped during the turn")))
+    response = world.turn("cut")
+    assert response.status_code == 503 and response.json["error"]["code"] == "sandbox_unavailable"
+    assert world.stored().session_id == "sess-1" and world.lock() is None
+    assert [e["message"]["content"] for e in world.transcript()][-2] == "cut"  # mirrored
+
+
+def test_a_long_job_goes_in_a_file_not_the_command(world: World):
+    seed(world)
+    world.sandboxes.sandboxes.clear()  # a restore makes the job big
+    world.services.turns.transcripts.append(
+        {"project_key": world.user(), "session_id": "sess-1"},
+        [{"type": "user", "uuid": "big", "message": {"role": "user", "content": "x" * 80_000}}])
+    assert world.turn("after loss").status_code == 200
+    argv = world.sandboxes.runs[-1]["argv"]
+    assert argv[7] == "--job-file" and len(" ".join(argv)) < 20_000
 
 
 def test_a_transcript_missing_even_after_restore_is_502(world: World):

@@ -19,8 +19,8 @@ def backend(tmp_path: Path) -> LocalSandboxBackend:
 
 def test_attach_creates_once_then_reattaches(backend: LocalSandboxBackend, tmp_path: Path):
     first = backend.attach("agent-a")
-    assert first.fresh
-    assert Path(first.sandbox.home, ".claude").is_dir() and Path(first.sandbox.workdir).is_dir()
+    assert first.fresh and first.sandbox.hint is None and first.sandbox.install_marker is None
+    assert (tmp_path / "sandboxes" / "agent-a").is_dir()
     assert str(tmp_path / "sandboxes" / "agent-a") in first.sandbox.home
     assert not backend.attach("agent-a").fresh
     assert backend.status("agent-a") == "running"
@@ -48,17 +48,17 @@ def test_run_streams_lines_in_the_workdir_with_only_the_given_env(
             "print(os.getcwd(), flush=True)\n"
             "print(os.environ.get('UPSTASH_REDIS_REST_TOKEN'), os.environ['GIVEN'], flush=True)\n"
             "sys.stderr.write('oops')\n")
-    process = sandbox.run([sys.executable, "-c", code], {"GIVEN": "yes"})
+    process = sandbox.run([sys.executable, "-c", code], {"GIVEN": "yes"}, timeout=30)
     lines = list(process.lines())
     assert process.wait() == 0
-    assert lines == [os.path.realpath(sandbox.workdir), "None yes"]
+    assert lines == [os.path.realpath(sandbox.root), "None yes"]  # the base folder
     assert process.stderr_tail() == "oops"
 
 
 def test_kill_stops_the_process_and_its_children(backend: LocalSandboxBackend):
     sandbox = backend.attach("agent-a").sandbox
     process = sandbox.run(
-        ["sh", "-c", "sleep 30 & echo started; wait"], {})
+        ["sh", "-c", "sleep 30 & echo started; wait"], {}, timeout=30)
     assert next(iter(process.lines())) == "started"
     started = time.monotonic()
     process.kill()
@@ -66,11 +66,19 @@ def test_kill_stops_the_process_and_its_children(backend: LocalSandboxBackend):
     assert time.monotonic() - started < 5
 
 
+def test_the_backend_ends_a_process_after_its_timeout(backend: LocalSandboxBackend):
+    sandbox = backend.attach("agent-a").sandbox
+    started = time.monotonic()
+    process = sandbox.run(["sh", "-c", "sleep 30"], {}, timeout=0.5)
+    assert process.wait() != 0
+    assert time.monotonic() - started < 10
+
+
 def test_files_stay_inside_the_sandbox(backend: LocalSandboxBackend):
     sandbox = backend.attach("agent-a").sandbox
-    sandbox.write_file(f"{sandbox.home}/x/y.txt", b"data")
-    assert sandbox.exists(f"{sandbox.home}/x/y.txt")
+    sandbox.write_files({f"{sandbox.home}/x/y.txt": b"data", f"{sandbox.home}/z.txt": b"z"})
+    assert Path(sandbox.home, "x", "y.txt").read_bytes() == b"data"
     with pytest.raises(ValueError):
-        sandbox.write_file(f"{sandbox.home}/../../../escape.txt", b"no")
+        sandbox.write_files({f"{sandbox.home}/../../../escape.txt": b"no"})
     with pytest.raises(ValueError):
         backend.attach("../etc")

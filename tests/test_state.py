@@ -153,3 +153,12 @@ def test_a_wrong_token_is_state_unavailable(upstash_fakeredis: Upstash):
     store = StateStore(connect(upstash_fakeredis.url, "wrong-token", 5), "t", 60_000)
     with pytest.raises(StateUnavailable, match="WRONGPASS"):
         store.read("u1")
+
+
+def test_records_of_the_previous_version_and_of_a_newer_one_read_fine():
+    before_hints = ('{"created_at":1.0,"last_active_at":2.0,"sandbox_name":"agent-abc",'
+                    '"session_id":"s-1","turns":3}')
+    assert SessionRecord.from_json(before_hints) == SessionRecord("s-1", "agent-abc", 3, 1.0, 2.0)
+    newer = SessionRecord("s-1", "agent-abc", 3, 1.0, 2.0, sandbox_hint="h").to_json()
+    with_more = newer[:-1] + ',"chats":{"a":1}}'
+    assert SessionRecord.from_json(with_more).sandbox_hint == "h"

@@ -1,10 +1,16 @@
 """The Vercel Sandbox backend through the real vercel-sandbox SDK, against a fake of the Sandbox
-HTTP API that runs commands for real. Turns run the real runner, SDK and CLI (the fake machine's
-`python3` is this venv's; its `pip install` is simulated and logged) against the offline model."""
+HTTP API that runs commands for real and is as strict as the real one (tests/fake_vercel_sandbox.py:
+400 on a name clash, pending creates, non-recursive mkdir, session time limits, 410/422 while
+stopped/stopping, 429, streams that close, expiring snapshots, sandbox paths that are not host
+paths). Turns run the real runner, SDK and CLI (the fake machine's `python3` is this venv's; its
+`pip install` is simulated and logged) against the offline model.
+
+Every Sandbox API call is a round trip over the internet (60-300 ms): a warm turn makes ONE."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -16,6 +22,7 @@ import pytest
 
 from lib.bootstrap import build
 from lib.devtools.serving import serve_in_background
+from lib.devtools.smoke_vercel import scan_for_key, smoke
 from lib.sandboxes.local import stop_warm_agents
 from lib.sandboxes.vercel import PLACEHOLDER_KEY
 from tests.conftest import Upstash, make_settings
@@ -49,6 +56,12 @@ class VercelWorld:
 
     def box(self, user_id: str = "alice"):
         return self.fake.boxes[self.world.stored(user_id).sandbox_name]
+
+    def turn_counted(self, prompt: str, headers: dict | None = None):
+        """A turn, and the Sandbox API requests it made."""
+        before = len(self.fake.requests)
+        response = self.world.turn(prompt, headers)
+        return response, self.fake.requests[before:]
 
     def fail_installs(self, fail: bool) -> None:
         flag = self.machine / "fail-install"
@@ -91,44 +104,132 @@ def texts_seen(model, prompt: str) -> list[str]:
     return [t for body in model[0].requests if (t := user_texts(body)) and t[-1] == prompt][-1]
 
 
-def test_first_turn_creates_and_bootstraps_second_reattaches(vercel: VercelWorld, model):
-    first = vercel.world.turn("Remember 7.")
+def commands(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in requests if p.endswith("/cmd")]
+
+
+def test_a_warm_turn_is_one_api_request(vercel: VercelWorld, model):
+    first, made = vercel.turn_counted("Remember 7.")
     assert first.status_code == 200, first.json
     assert vercel.installs() == 1
     created = vercel.box().request
     assert created["persistent"] is True and created["region"] == "iad1"
-    assert created["tags"] == {"app": vercel.world.services.settings.key_prefix,
-                               "user": vercel.world.user()}
-    second = vercel.world.turn("What number?")
+    assert created["tags"]["app"] == vercel.world.services.settings.key_prefix
+    assert created["tags"]["user"] == vercel.world.user()
+    assert [m for m, p in made if p.endswith("/v3/sandboxes")] == ["POST"]
+    assert not [p for _, p in vercel.fake.requests if p.endswith("/fs/mkdir")]  # never: not -p
+    second, made = vercel.turn_counted("What number?")
     assert second.status_code == 200 and second.json["turn"] == 2
     assert second.json["session_id"] == first.json["session_id"]
-    assert vercel.installs() == 1  # reattached: nothing reinstalled
+    assert made == [("POST", f"/api/v2/sandboxes/sessions/{vercel.box().session_id}/cmd")]
+    assert "--job" in vercel.fake.commands_run[-1]["args"]  # the job travels in the command
+    assert vercel.installs() == 1
     assert texts_seen(model, "What number?") == ["Remember 7.", "What number?"]
-    assert [m for m, p in vercel.fake.requests if p.endswith("/v3/sandboxes")] == ["POST"]
+
+
+def test_paths_come_from_the_api_not_the_host(vercel: VercelWorld):
+    assert vercel.world.turn("hello").status_code == 200
+    host = str(vercel.fake.base_dir)
+    for body in vercel.fake.commands_run:
+        assert host not in json.dumps(body)
+        assert body["cwd"] == "/vercel/sandbox"
+        assert not body.get("sudo")  # the image's user (ubuntu, vercel-sandbox) is not root
+    hint = vercel.world.stored().sandbox_hint
+    assert hint and "/vercel/sandbox" in hint and host not in hint
 
 
 def test_the_model_key_never_enters_the_sandbox(vercel: VercelWorld):
     assert vercel.world.turn("hello").status_code == 200
     box = vercel.box()
-    policy = box.request["networkPolicy"]
-    assert json.dumps(policy).count(SECRET_KEY) == 1  # injected as a header by the policy
+    assert json.dumps(box.request["networkPolicy"]).count(SECRET_KEY) == 1  # a header transform
     for command in vercel.fake.commands_run:
         assert SECRET_KEY not in json.dumps(command)
     runner_env = vercel.fake.commands_run[-1]["env"]
     assert runner_env["ANTHROPIC_API_KEY"] == PLACEHOLDER_KEY
+    assert runner_env["AGENT_TRUST_SYSTEM_CA"] == "1"  # the firewall's CA, for the CLI
     for path in box.root.rglob("*"):
         if path.is_file():
             assert SECRET_KEY.encode() not in path.read_bytes(), path
+    assert SECRET_KEY not in vercel.world.stored().sandbox_hint
+
+
+def test_a_rotated_key_updates_the_network_policy(vercel: VercelWorld):
+    assert vercel.world.turn("hello").status_code == 200
+    rotated = "sk-ant-the-rotated-key"
+    settings = dataclasses.replace(vercel.world.services.settings, anthropic_api_key=rotated)
+    vercel.world.__init__(build(settings, clock=vercel.world.services.turns.clock),
+                          vercel.world.sandboxes)
+    again, made = vercel.turn_counted("still there?")
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
+    assert ("PATCH", f"/api/v2/sandboxes/{vercel.box().name}") in made
+    assert rotated in json.dumps(vercel.box().network_policy)
+    assert SECRET_KEY not in json.dumps(vercel.box().network_policy)
+    _, made = vercel.turn_counted("and now?")
+    assert len(made) == 1  # the new fingerprint is remembered
 
 
 def test_a_stopped_sandbox_resumes_with_its_files(vercel: VercelWorld, model):
     vercel.world.turn("The code is owl.")
     vercel.fake.stop_sandbox(vercel.box().name)
     assert vercel.world.services.turns.describe("alice").sandbox_status == "stopped"
-    again = vercel.world.turn("Which code?")
+    again, made = vercel.turn_counted("Which code?")
     assert again.status_code == 200 and again.json["turn"] == 2
+    assert len(commands(made)) == 2  # 410 on the remembered session, then on the resumed one
     assert vercel.installs() == 1
     assert texts_seen(model, "Which code?") == ["The code is owl.", "Which code?"]
+    _, made = vercel.turn_counted("Once more.")
+    assert len(made) == 1
+
+
+def test_a_turn_racing_the_cron_waits_for_the_stop_then_resumes(vercel: VercelWorld):
+    vercel.world.turn("hello")
+    vercel.fake.begin_stop(vercel.box().name, delay=1.0)  # 422 sandbox_stopping for a second
+    again = vercel.world.turn("are you there?")
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
+    assert vercel.box().status == "running"
+
+
+@pytest.mark.parametrize("lose", [
+    pytest.param(FakeSandboxApi.expire_session, id="session past its time limit: resumed"),
+    pytest.param(FakeSandboxApi.lose_snapshot, id="snapshot gone: recreated and restored"),
+])
+def test_the_conversation_outlives_the_session(vercel: VercelWorld, model, lose):
+    vercel.world.turn("Remember pear.")
+    lose(vercel.fake, vercel.box().name)
+    again = vercel.world.turn("Which fruit?")
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
+    assert texts_seen(model, "Which fruit?") == ["Remember pear.", "Which fruit?"]
+
+
+def test_a_session_short_of_time_is_extended_before_the_turn(vercel: VercelWorld, clock):
+    settings = dataclasses.replace(vercel.world.services.settings, sandbox_timeout=120,
+                                   turn_timeout=55)  # a turn needs 55 + 10 + 60 s left
+    vercel.world.__init__(build(settings, clock=clock), vercel.world.sandboxes)
+    assert vercel.world.turn("hello").status_code == 200
+    session = vercel.box().session_id
+    limit = vercel.box().session_timeout_ms
+    again, made = vercel.turn_counted("again")
+    assert again.status_code == 200, again.json
+    assert ("POST", f"/api/v2/sandboxes/sessions/{session}/extend-timeout") in made
+    assert vercel.box().session_timeout_ms > limit and vercel.box().session_id == session
+
+
+def test_rate_limits_are_waited_out(vercel: VercelWorld):
+    vercel.world.turn("hello")
+    vercel.fake.rate_limit(2, retry_after=0.2)
+    again, made = vercel.turn_counted("again")
+    assert again.status_code == 200, again.json
+    assert len(commands(made)) == 3  # two 429s, then the command
+
+
+def test_a_stream_that_closes_mid_turn_loses_nothing(vercel: VercelWorld):
+    first = vercel.world.turn("hello")
+    vercel.fake.close_next_stream(after=2)
+    again, made = vercel.turn_counted("again")
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
+    assert again.json["session_id"] == first.json["session_id"]
+    assert any(p.endswith("/logs") for _, p in made)  # followed from the logs endpoint
+    assert len(commands(made)) == 1  # and never run twice
 
 
 def test_a_destroyed_sandbox_is_recreated_and_the_conversation_restored(vercel: VercelWorld,
@@ -143,18 +244,11 @@ def test_a_destroyed_sandbox_is_recreated_and_the_conversation_restored(vercel: 
                                                           "What is my dog called?"]
 
 
-def test_a_lost_snapshot_is_recreated_and_the_conversation_restored(vercel: VercelWorld, model):
-    vercel.world.turn("Blue is my colour.")
-    vercel.fake.lose_snapshot(vercel.box().name)
-    again = vercel.world.turn("My colour?")
-    assert again.status_code == 200 and again.json["turn"] == 2, again.json
-    assert texts_seen(model, "My colour?") == ["Blue is my colour.", "My colour?"]
-
-
-def test_a_409_on_create_is_handled(vercel: VercelWorld):
-    vercel.fake.fail_next_create = True
-    response = vercel.world.turn("hello")
+def test_a_name_clash_on_create_is_a_400_and_handled(vercel: VercelWorld):
+    vercel.fake.fail_next_create = True  # another request creates it just before us
+    response, made = vercel.turn_counted("hello")
     assert response.status_code == 200, response.json
+    assert [m for m, p in made if p.endswith("/v3/sandboxes")] == ["POST"]
 
 
 def test_a_bootstrap_failure_is_clear_and_retried_on_the_next_turn(vercel: VercelWorld):
@@ -170,6 +264,17 @@ def test_a_bootstrap_failure_is_clear_and_retried_on_the_next_turn(vercel: Verce
     assert retried.status_code == 200 and vercel.installs() == 2
 
 
+def test_a_changed_agent_sdk_is_installed_again(vercel: VercelWorld):
+    assert vercel.world.turn("hello").status_code == 200
+    settings = dataclasses.replace(vercel.world.services.settings,
+                                   sandbox_agent_sdk="claude-agent-sdk==0.2.190")
+    vercel.world.__init__(build(settings, clock=vercel.world.services.turns.clock),
+                          vercel.world.sandboxes)
+    again = vercel.world.turn("again")
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
+    assert vercel.installs() == 2
+
+
 def test_cleanup_stops_and_lists_through_tags(vercel: VercelWorld, clock):
     vercel.world.turn("hi", user("ivy"))
     name = vercel.world.stored("ivy").sandbox_name
@@ -178,19 +283,56 @@ def test_cleanup_stops_and_lists_through_tags(vercel: VercelWorld, clock):
     clock.advance(2 * 3600)
     report = vercel.world.cron().json
     assert report["stopped"] == 1 and report["errors"] == 0
-    assert vercel.fake.boxes[name].status == "stopped"
+    assert vercel.fake.boxes[name].status in ("stopping", "stopped")
     assert backend.status(name) == "stopped"
+    again = vercel.world.turn("back", user("ivy"))
+    assert again.status_code == 200 and again.json["turn"] == 2, again.json
 
 
-def test_sandboxes_made_from_the_base_snapshot_install_nothing(vercel: VercelWorld, model):
-    backend = vercel.world.services.turns.sandboxes
-    snapshot_id = backend.make_base_snapshot("agent-base")
-    assert vercel.installs() == 1
+def rebuild_with_snapshot(vercel: VercelWorld, snapshot_id: str) -> None:
     settings = dataclasses.replace(vercel.world.services.settings,
                                    sandbox_base_snapshot_id=snapshot_id)
     vercel.world.__init__(build(settings, clock=vercel.world.services.turns.clock),
                           vercel.world.sandboxes)
+
+
+def test_sandboxes_made_from_the_base_snapshot_install_nothing(vercel: VercelWorld):
+    snapshot_id = vercel.world.services.turns.sandboxes.make_base_snapshot("agent-base")
+    assert vercel.installs() == 1
+    assert vercel.fake.snapshots[snapshot_id].expires_at is None  # made never to expire
+    assert "agent-base" not in vercel.fake.boxes  # the builder is destroyed
+    rebuild_with_snapshot(vercel, snapshot_id)
     first = vercel.world.turn("From the snapshot.")
     assert first.status_code == 200, first.json
     assert vercel.installs() == 1  # the snapshot had it all
     assert vercel.box().request["source"] == {"type": "snapshot", "snapshotId": snapshot_id}
+
+
+def test_an_expired_base_snapshot_falls_back_to_the_image(vercel: VercelWorld):
+    snapshot_id = vercel.world.services.turns.sandboxes.make_base_snapshot("agent-base")
+    vercel.fake.expire_snapshot(snapshot_id)
+    rebuild_with_snapshot(vercel, snapshot_id)
+    first = vercel.world.turn("hello")
+    assert first.status_code == 200, first.json
+    assert "source" not in vercel.box().request
+    assert vercel.installs() == 2  # installed on the first turn instead
+
+
+def test_the_live_smoke_test_runs_its_steps_against_the_fake(vercel: VercelWorld):
+    out = io.StringIO()
+    code = smoke(vercel.world.services.settings, out, folders=())
+    assert code == 0, out.getvalue()
+    for step in ("turn 1", "turn 2 (warm)", "scan the sandbox", "stop the sandbox",
+                 "turn 3 (resume", "delete sandbox"):
+        assert step in out.getvalue()
+    assert "OK: memory" in out.getvalue()
+    assert not vercel.fake.boxes  # the throwaway sandbox is gone
+
+
+def test_the_smoke_tests_key_scan_finds_a_planted_key(vercel: VercelWorld):
+    assert vercel.world.turn("hello").status_code == 200
+    services = vercel.world.services
+    assert scan_for_key(services, "alice", SECRET_KEY, ()) == []
+    (vercel.box().root / "work" / "leak.txt").write_text(f"oops {SECRET_KEY} oops")
+    found = scan_for_key(services, "alice", SECRET_KEY, ())
+    assert len(found) == 1 and found[0].startswith("file ") and found[0].endswith("leak.txt")

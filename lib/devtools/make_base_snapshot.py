@@ -3,9 +3,10 @@ so new users' sandboxes start from it (SANDBOX_BASE_SNAPSHOT_ID) without install
 
     python -m lib.devtools.make_base_snapshot      (with the deployment's environment)
 
-Prints the snapshot id. The sandbox it was taken from is left stopped; snapshots expire on
-Vercel's schedule, so rebuild it when creation from it starts failing or SANDBOX_AGENT_SDK
-changes (a sandbox whose marker does not match installs again on its own).
+Prints the snapshot id. The snapshot never expires (`expiration=0`) and the sandbox it was taken
+from is destroyed. Rebuild it when SANDBOX_AGENT_SDK changes (a sandbox whose marker does not
+match installs again on its own); if it is deleted anyway, new sandboxes are created from the
+image and install on their first turn (410 snapshot_not_found is logged, not fatal).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from waitress.server import create_server
 class BackgroundServer:
     server: Any  # a waitress server
     thread: threading.Thread
+    stopping: threading.Event
 
     @property
     def port(self) -> int:
@@ -30,7 +31,18 @@ class BackgroundServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.close()
+
+
+def _serve(server: Any, stopping: threading.Event) -> None:
+    """Closing the listening socket from `stop` can break the loop's select() in this thread
+    (EBADF): that is how it ends, not an error."""
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not stopping.is_set():
+            raise
 
 
 def serve_in_background(app: Callable, port: int = 0, threads: int = 16) -> BackgroundServer:
@@ -38,6 +50,8 @@ def serve_in_background(app: Callable, port: int = 0, threads: int = 16) -> Back
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" under load tests
     server = create_server(app, host="127.0.0.1", port=port, threads=threads,
                            channel_timeout=600, ident="local")
-    thread = threading.Thread(target=server.run, name=f"serve:{server.effective_port}", daemon=True)
+    stopping = threading.Event()
+    thread = threading.Thread(target=_serve, args=(server, stopping),
+                              name=f"serve:{server.effective_port}", daemon=True)
     thread.start()
-    return BackgroundServer(server, thread)
+    return BackgroundServer(server, thread, stopping)

@@ -1,7 +1,10 @@
 """Run one resumed Claude Agent SDK turn inside the sandbox and report it as JSON lines.
 
-Usage: python agent_runner.py JOB_FILE [--warm]
+Usage: python agent_runner.py (--job BASE64_JSON | --job-file PATH) [--warm]
        python agent_runner.py --serve          (the warm agent; started by --warm itself)
+
+The function starts it through the launcher in `lib/runner/__init__.py`, which has already
+checked the installation and entered the turn's work dir.
 
 One-shot (the default) runs the turn with `query()` in this process. With --warm the turn goes
 to a long-lived agent process in the same sandbox that keeps a connected `ClaudeSDKClient` per
@@ -11,7 +14,9 @@ and falls back to one-shot if it cannot reach it. The agent serves one turn at a
 turn whose caller went away (the function's deadline), and exits after AGENT_WARM_IDLE seconds
 (default 300) without a turn or when its sandbox's HOME is gone.
 
-The job file is JSON: {"prompt": str, "resume": str | null, "cwd": str, "options": {...},
+The job travels in the command itself (`--job`, base64 of its JSON: one request per turn), or,
+when too large for an argument (a restore), in a file the runner deletes once read. It is JSON:
+{"prompt": str, "resume": str | null, "cwd": str (default: this process's), "options": {...},
 "restore": {"entries": [...], "subkeys": {subpath: [...]}} | null} with options among model,
 system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns. `restore` comes
 when the sandbox lost the transcript: the SDK materialises it from our store's `load`, and it is
@@ -28,6 +33,8 @@ Every stdout line is one JSON object with a "type":
   result     {"session_id", "text", "is_error", "subtype", "errors", "usage", "cost_usd", "num_turns"}
   error      {"code", "message", "detail"}       the query could not run (exit status 1);
                                                  detail is the CLI's stderr, for logs only
+(and, from the launcher before this program runs: needs_install {"missing"}, exit status 4).
+With AGENT_TRUST_SYSTEM_CA=1 the CLI and Python trust the system CA bundle (see trust_system_ca).
 This program sees no storage credentials: it talks to the function only through its argv, the
 job file and stdout. It depends on nothing but the standard library and claude-agent-sdk.
 """
@@ -35,6 +42,7 @@ job file and stdout. It depends on nothing but the standard library and claude-a
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -244,7 +252,8 @@ class WarmAgent:
         self.home = os.environ.get("HOME", "")
 
     async def serve(self, address: str) -> None:
-        server = await asyncio.start_unix_server(self.handle, path=address)
+        # A job is one line; a restore can make it megabytes (the default limit is 64 KiB).
+        server = await asyncio.start_unix_server(self.handle, path=address, limit=1 << 28)
         pid_file = Path(self.home) / ".agent-runner" / "warm-agent.pid"
         pid_file.write_text(str(os.getpid()))  # how a local sandbox's `stop` finds us
         async with server:
@@ -263,9 +272,7 @@ class WarmAgent:
         async with self.lock:
             self.last_turn = time.monotonic()
             try:
-                job_path = (await reader.readline()).decode().strip()
-                job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-                os.remove(job_path)
+                job = json.loads(await reader.readline())
                 turn = asyncio.create_task(self.turn(job, out, writer))
                 gone = asyncio.create_task(reader.read())  # EOF: the caller went away
                 done, _ = await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -363,7 +370,7 @@ def start_agent(address: str) -> socket.socket | None:
     return None
 
 
-def warm_turn(job_path: str) -> int | None:
+def warm_turn(job: dict[str, Any]) -> int | None:
     """Relay the turn through the warm agent; None when it cannot be reached (go one-shot)."""
     address = agent_address()
     conn = connect(address) or start_agent(address)
@@ -371,7 +378,7 @@ def warm_turn(job_path: str) -> int | None:
         return None
     status = None
     with conn, conn.makefile("rb") as lines:
-        conn.sendall(job_path.encode() + b"\n")
+        conn.sendall(json.dumps({**job, "cwd": job.get("cwd") or os.getcwd()}).encode() + b"\n")
         for line in lines:
             sys.stdout.write(line.decode())
             sys.stdout.flush()
@@ -383,27 +390,56 @@ def warm_turn(job_path: str) -> int | None:
     return status
 
 
+def read_job(args: list[str]) -> dict[str, Any]:
+    """The job from `--job BASE64` or `--job-file PATH` (deleted once read: the prompt need
+    not outlive the turn on the sandbox's disk)."""
+    if len(args) != 2 or args[0] not in ("--job", "--job-file"):
+        raise ValueError("usage: agent_runner.py (--job BASE64 | --job-file PATH) [--warm]")
+    if args[0] == "--job":
+        job = json.loads(base64.b64decode(args[1], validate=True))
+    else:
+        with open(args[1], encoding="utf-8") as handle:
+            job = json.load(handle)
+        os.remove(args[1])
+    if not isinstance(job, dict) or not isinstance(job.get("prompt"), str):
+        raise ValueError("job has no prompt")
+    return job
+
+
+# Debian/Ubuntu (the default `universal` image), Amazon Linux (the legacy runtimes), others.
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                     "/etc/ssl/cert.pem")
+
+
+def trust_system_ca(env: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """With AGENT_TRUST_SYSTEM_CA=1 (Vercel Sandbox injecting the key): the sandbox's firewall
+    intercepts TLS to the model's host, with a CA it adds to the system trust store. The CLI
+    (Node) and Python keep CA lists of their own: point both at the system bundle, unless the
+    sandbox already set them."""
+    if env.get("AGENT_TRUST_SYSTEM_CA") != "1":
+        return
+    bundle = next((path for path in SYSTEM_CA_BUNDLES if os.path.isfile(path)), None)
+    if bundle:
+        env.setdefault("NODE_EXTRA_CA_CERTS", bundle)
+        env.setdefault("SSL_CERT_FILE", bundle)
+
+
 def main(argv: list[str]) -> int:
+    trust_system_ca()
     if argv[1:] == ["--serve"]:
         asyncio.run(WarmAgent(float(os.environ.get("AGENT_WARM_IDLE") or 300)).serve(
             agent_address()))
         return 0
-    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--warm"]):
-        emit("error", code="bad_job", message="usage: agent_runner.py JOB_FILE [--warm]")
-        return 2
+    warm = argv[-1] == "--warm"
     try:
-        with open(argv[1], encoding="utf-8") as handle:
-            job = json.load(handle)
-        if not isinstance(job.get("prompt"), str):
-            raise ValueError("job has no prompt")
-    except (OSError, ValueError) as error:
+        job = read_job(argv[1:-1] if warm else argv[1:])
+    except (OSError, ValueError) as error:  # binascii.Error is a ValueError
         emit("error", code="bad_job", message=str(error))
         return 2
-    if argv[2:] == ["--warm"]:
-        status = warm_turn(argv[1])
+    if warm:
+        status = warm_turn(job)
         if status is not None:
             return status
-    os.remove(argv[1])  # the prompt need not outlive the turn on the sandbox's disk
     return asyncio.run(one_shot(job))
 
 

@@ -1,9 +1,10 @@
 """The sandbox port: where a user's agent runs and keeps its files.
 
 A backend attaches a sandbox by name (creating or resuming it) and says whether it is *fresh*
-(created now, or its files are gone), runs commands with stdout streamed line by line, reads and
-writes files, and stops, destroys and lists sandboxes for the cleanup job. `local.py` keeps
-sandboxes as folders on this machine; the Vercel Sandbox backend fits the same protocol.
+(created now, or its files are gone), runs commands with stdout streamed line by line, writes
+files, installs the agent SDK where it must, and stops, destroys and lists sandboxes for the
+cleanup job. `local.py` keeps sandboxes as folders on this machine; `vercel.py` runs them on
+Vercel Sandbox, where every call is a round trip over the internet: a warm turn is one `run`.
 """
 
 from __future__ import annotations
@@ -35,16 +36,31 @@ class Process(Protocol):
 
 class Sandbox(Protocol):
     name: str
-    python: str  # the interpreter that has claude-agent-sdk, as a path inside the sandbox
+    python: str  # the interpreter that runs the runner, as a path or command inside the sandbox
     home: str  # $HOME inside the sandbox; the Claude config dir is $HOME/.claude
     workdir: str  # the fixed cwd of every agent turn (transcript paths derive from it)
     env: Mapping[str, str]  # what this backend's runner needs; wins over the service's env
+    # (path, text): the runner's launcher checks that this file holds this text, the record of
+    # what `install_agent` installed; None when there is nothing to install (the local backend).
+    install_marker: tuple[str, str] | None
 
-    def run(self, argv: list[str], env: Mapping[str, str]) -> Process: ...
+    @property
+    def hint(self) -> str | None:
+        """Where this sandbox is now, for the next `attach` to skip looking it up (opaque)."""
+        ...
 
-    def write_file(self, path: str, data: bytes) -> None: ...
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> Process:
+        """Start a command in the sandbox's base folder, which always exists; the backend ends
+        it after `timeout` seconds even if nobody kills it."""
+        ...
 
-    def exists(self, path: str) -> bool: ...
+    def write_files(self, files: Mapping[str, bytes]) -> None:
+        """Write these files (parent folders are created), in one call."""
+        ...
+
+    def install_agent(self) -> None:
+        """Install the agent SDK and write `install_marker`; SandboxUnavailable if it fails."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -60,8 +76,10 @@ class Attachment:
 
 
 class SandboxBackend(Protocol):
-    def attach(self, name: str) -> Attachment:
-        """Get the named sandbox running, creating or resuming it."""
+    def attach(self, name: str, hint: str | None = None) -> Attachment:
+        """Get the named sandbox running, creating or resuming it. With the `hint` of an earlier
+        attach a backend may skip looking it up: `run` then re-attaches by itself if the
+        sandbox turns out stopped or gone, and the runner reports what the files lack."""
         ...
 
     def status(self, name: str) -> SandboxStatus | None:

@@ -37,13 +37,17 @@ def stop_warm_agents(root: Path) -> None:
 
 
 class LocalProcess:
-    def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, argv: list[str], env: Mapping[str, str], cwd: Path,
+                 timeout: float) -> None:
         self._stderr = tempfile.TemporaryFile()
         self._popen = subprocess.Popen(
             argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self._stderr, text=True, bufsize=1, start_new_session=True,
         )
         self._kill_lock = threading.Lock()
+        self._kill_after = threading.Timer(timeout, self.kill)  # like Vercel's kill_after
+        self._kill_after.daemon = True
+        self._kill_after.start()
 
     def lines(self) -> Iterator[str]:
         assert self._popen.stdout is not None
@@ -52,6 +56,7 @@ class LocalProcess:
 
     def wait(self) -> int:
         code = self._popen.wait()
+        self._kill_after.cancel()
         if self._popen.stdout:
             self._popen.stdout.close()
         return code
@@ -73,6 +78,9 @@ class LocalProcess:
 
 
 class LocalSandbox:
+    install_marker = None  # the local python already has claude-agent-sdk
+    hint = None
+
     def __init__(self, name: str, root: Path, python: str) -> None:
         self.name = name
         self.root = root
@@ -81,19 +89,20 @@ class LocalSandbox:
         self.workdir = str(root / "work")
         self.env: dict[str, str] = {}
 
-    def run(self, argv: list[str], env: Mapping[str, str]) -> LocalProcess:
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> LocalProcess:
         base = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        return LocalProcess(argv, {**base, **env}, Path(self.workdir))
+        return LocalProcess(argv, {**base, **env}, self.root, timeout)
 
-    def write_file(self, path: str, data: bytes) -> None:
-        target = self._inside(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+    def write_files(self, files: Mapping[str, bytes]) -> None:
+        for path, data in files.items():
+            target = self._inside(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
 
-    def exists(self, path: str) -> bool:
-        return self._inside(path).exists()
+    def install_agent(self) -> None:
+        """Nothing to install: `python` has the SDK."""
 
     def _inside(self, path: str) -> Path:
         target = Path(path).resolve()
@@ -107,11 +116,10 @@ class LocalSandboxBackend:
         self.base = data_dir / "sandboxes"
         self.python = python or sys.executable  # the dev venv's, which has the SDK
 
-    def attach(self, name: str) -> Attachment:
+    def attach(self, name: str, hint: str | None = None) -> Attachment:
         root = self._root(name)
         fresh = not (root / _STATE_FILE).exists()
-        for folder in ("home/.claude", "work"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)  # the runner's launcher makes the rest
         self._set_status(root, "running")
         return Attachment(LocalSandbox(name, root, self.python), fresh)
 

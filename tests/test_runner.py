@@ -1,0 +1,89 @@
+"""The turn's one command: the launcher checks the installation inside it and the job travels in
+it. Run for real with this Python, in a local sandbox folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.runner import LAUNCHER, NEEDS_INSTALL, RUNNER_SOURCE_PATH
+from lib.runner.agent_runner import read_job, trust_system_ca
+
+
+def launch(tmp_path: Path, *args: str, marker: str = "", want: str = "",
+           runner: Path | None = None) -> subprocess.CompletedProcess:
+    runner = runner or tmp_path / "home" / ".agent-runner" / "agent_runner.py"
+    return subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(runner), str(tmp_path / "work"), marker, want, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        env={"CLAUDE_CONFIG_DIR": str(tmp_path / "home" / ".claude"), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_a_missing_runner_is_reported_not_crashed_on(tmp_path: Path):
+    done = launch(tmp_path, "--job", "e30=")
+    assert done.returncode == NEEDS_INSTALL
+    assert json.loads(done.stdout) == {"type": "needs_install", "missing": ["runner"]}
+
+
+def test_a_marker_that_does_not_match_means_the_agent_sdk_is_missing(tmp_path: Path):
+    marker = tmp_path / "installed"
+    marker.write_text("claude-agent-sdk==0.1.0")
+    done = launch(tmp_path, marker=str(marker), want="claude-agent-sdk==0.2.189",
+                  runner=RUNNER_SOURCE_PATH)
+    assert done.returncode == NEEDS_INSTALL
+    assert json.loads(done.stdout)["missing"] == ["agent"]
+    marker.unlink()
+    assert json.loads(launch(tmp_path, marker=str(marker), want="x").stdout)["missing"] == [
+        "runner", "agent"]
+
+
+def test_when_installed_it_enters_the_workdir_and_runs_the_runner(tmp_path: Path):
+    runner = tmp_path / "runner.py"
+    runner.write_text("import os, sys\nprint(os.getcwd(), sys.argv[1:], __name__)\nsys.exit(7)\n")
+    marker = tmp_path / "installed"
+    marker.write_text("sdk==1")
+    done = launch(tmp_path, "--job", "abc", "--warm", marker=str(marker), want="sdk==1",
+                  runner=runner)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout.strip() == f"{tmp_path / 'work'} ['--job', 'abc', '--warm'] __main__"
+    assert (tmp_path / "home" / ".claude").is_dir()
+
+
+def test_a_bad_job_is_a_clear_error_line(tmp_path: Path):
+    done = launch(tmp_path, "--job", "not base64!", runner=RUNNER_SOURCE_PATH)
+    assert done.returncode == 2
+    assert json.loads(done.stdout.splitlines()[-1])["code"] == "bad_job"
+
+
+def test_jobs_come_from_the_command_or_from_a_file_read_once(tmp_path: Path):
+    job = {"prompt": "héllo", "resume": None}
+    assert read_job(["--job", base64.b64encode(json.dumps(job).encode()).decode()]) == job
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    assert read_job(["--job-file", str(path)]) == job
+    assert not path.exists()  # the prompt does not outlive the turn on the sandbox's disk
+    with pytest.raises(ValueError):
+        read_job(["--job", base64.b64encode(b'{"no": "prompt"}').decode()])
+    with pytest.raises(ValueError):
+        read_job(["job.json"])
+
+
+def test_the_system_ca_is_trusted_only_when_asked(tmp_path: Path, monkeypatch):
+    bundle = tmp_path / "ca-certificates.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr("lib.runner.agent_runner.SYSTEM_CA_BUNDLES", ("/nonexistent", str(bundle)))
+    env: dict[str, str] = {}
+    trust_system_ca(env)
+    assert env == {}
+    env = {"AGENT_TRUST_SYSTEM_CA": "1"}
+    trust_system_ca(env)
+    assert env["NODE_EXTRA_CA_CERTS"] == str(bundle) and env["SSL_CERT_FILE"] == str(bundle)
+    env = {"AGENT_TRUST_SYSTEM_CA": "1", "NODE_EXTRA_CA_CERTS": "/sandbox/own-ca.pem"}
+    trust_system_ca(env)
+    assert env["NODE_EXTRA_CA_CERTS"] == "/sandbox/own-ca.pem"  # the sandbox's own wins
