@@ -8,8 +8,6 @@ by the final commit, so an error leaves the previous record untouched.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import threading
@@ -25,20 +23,14 @@ from lib.config import AgentOptions, Settings
 from lib.conversation import Message, messages_from
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
+from lib.launcher import Launcher
 from lib.limits import TurnLimits
-from lib.runner import LAUNCHER, RUNNER_SOURCE_PATH
 from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
 from lib.state import Lease, SessionRecord, StateStore
 from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
 
 log = logging.getLogger("agent.turns")
 
-# The CLI only needs these to run offline or against the real API; nothing else of ours leaks in.
-_QUIET_CLI = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
-_PLACEHOLDER_KEY = "placeholder-key-for-a-keyless-model-server"
-# A job travels in the command (one request) up to this size of its base64; a larger one (a
-# restored transcript) goes in a file first. Linux takes 128 KiB per argument.
-JOB_ARG_LIMIT = 64 * 1024
 # The backend ends a runner this long after the turn's deadline, should our own kill not land.
 _KILL_MARGIN = 10.0
 
@@ -68,9 +60,7 @@ class TurnService:
         self.transcripts = transcripts
         self.limits = limits
         self.clock = clock
-        source = RUNNER_SOURCE_PATH.read_bytes()
-        self._runner_source = source
-        self._runner_version = hashlib.sha256(source).hexdigest()[:12]
+        self.launcher = Launcher(settings)
 
     def start(self, user_id: str, prompt: str, options: AgentOptions | None = None) -> Turn:
         """Count the turn against the user's limits (RateLimited), take their lock
@@ -112,38 +102,6 @@ class TurnService:
 
     def sandbox_name(self, lease: Lease) -> str:
         return lease.sandbox_name(self.settings.sandbox_name_prefix)
-
-    def runner_path(self, sandbox: Sandbox) -> str:
-        return f"{sandbox.home}/.agent-runner/{self._runner_version}/agent_runner.py"
-
-    def command(self, sandbox: Sandbox, job: dict[str, Any], job_id: str) -> list[str]:
-        """The turn's one command: the launcher, then the runner with the job (in the command
-        when small, else in a file written first)."""
-        encoded = base64.b64encode(json.dumps(job).encode()).decode()
-        if len(encoded) <= JOB_ARG_LIMIT:
-            job_args = ["--job", encoded]
-        else:
-            job_file = f"{sandbox.home}/.agent-runner/jobs/{job_id}.json"
-            sandbox.write_files({job_file: json.dumps(job).encode()})
-            job_args = ["--job-file", job_file]
-        marker, want = sandbox.install_marker or ("", "")
-        argv = [sandbox.python, "-c", LAUNCHER, self.runner_path(sandbox), sandbox.workdir,
-                marker, want, *job_args]
-        return [*argv, "--warm"] if self.settings.agent_warm else argv
-
-    def install(self, sandbox: Sandbox, missing: list[str]) -> None:
-        """What the launcher found missing: the agent SDK (backend-specific), then the runner."""
-        if "agent" in missing:
-            sandbox.install_agent()
-        sandbox.write_files({self.runner_path(sandbox): self._runner_source})
-
-    def runner_env(self, sandbox: Sandbox) -> dict[str, str]:
-        env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude",
-               "AGENT_WARM_IDLE": str(self.settings.agent_warm_idle), **_QUIET_CLI}
-        if self.settings.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
-        env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY
-        return {**env, **sandbox.env}  # e.g. Vercel: the key is injected by the network policy
 
 
 class Turn:
@@ -228,7 +186,8 @@ class Turn:
             if outcome["type"] == "needs_install" and not installed:
                 installed = True
                 with self._timed("install"):
-                    service.install(sandbox, list(outcome.get("missing") or ["runner", "agent"]))
+                    service.launcher.install(sandbox,
+                                             list(outcome.get("missing") or ["runner", "agent"]))
             elif outcome["type"] == "restore_needed" and resume and restore is None:
                 log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
                 resume, restore = yield from self._restorable(resume)
@@ -288,10 +247,11 @@ class Turn:
         job = {"prompt": self.prompt, "resume": resume, "restore": restore,
                "options": self.options.to_job()}
         with self._timed("run"):
-            argv = self.service.command(sandbox, job, self.lease.token)
+            launcher = self.service.launcher
+            argv = launcher.command(sandbox, job, self.lease.token)
             remaining = max(0.0, self.deadline - time.monotonic())
             return (yield from self._stream(
-                sandbox.run(argv, self.service.runner_env(sandbox), remaining + _KILL_MARGIN)
+                sandbox.run(argv, launcher.env(sandbox), remaining + _KILL_MARGIN)
             ))
 
     def _mirror(self, message: dict[str, Any]) -> None:

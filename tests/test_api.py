@@ -330,7 +330,7 @@ def test_what_the_launcher_finds_missing_is_installed_then_the_turn_runs(world: 
     response = world.turn("next")
     assert response.status_code == 200 and response.json["turn"] == 2, response.json
     sandbox = next(iter(world.sandboxes.sandboxes.values()))
-    runner = world.services.turns.runner_path(sandbox)
+    runner = world.services.turns.launcher.runner_path(sandbox)
     assert sandbox.files[runner] == RUNNER_SOURCE_PATH.read_bytes()
     assert world.sandboxes.installs == 1
     assert [run["job"]["prompt"] for run in world.sandboxes.runs[-2:]] == ["next", "next"]
