@@ -9,14 +9,17 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from lib import logs
+from lib.conversation import Message, page
 from lib.errors import (
     InvalidRequest,
+    NotFound,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -98,6 +101,27 @@ def current() -> tuple[Services, str]:
 
     svc = services_for_request()
     return svc, identify(request.headers, svc.settings)
+
+
+def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    """A query argument that must be an integer in [low, high] (400 otherwise)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def messages_page(messages: list[Message] | None) -> Response:
+    """`?limit=` (1-200, default 50) messages before `?before=` (default: the newest), with the
+    cursor of the page before them; 404 when there is no such conversation."""
+    limit = int_arg("limit", 50, 1, 200) or 50
+    before = int_arg("before", None, 0, 10**9)
+    if messages is None:
+        raise NotFound("no such conversation yet: POST /api/chat starts one")
+    shown, earlier = page(messages, limit, before)
+    return json_response({"messages": [asdict(m) for m in shown], "next_before": earlier})
 
 
 def json_body(max_bytes: int) -> dict[str, Any]:

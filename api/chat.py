@@ -1,57 +1,72 @@
-"""POST /api/chat: one turn of the caller's conversation.
+"""POST /api/chat: one turn of one of the caller's conversations.
 
-Body `{"prompt": ...}`, or the body `useChat` sends (`messages` with `parts`: the newest user
-message is the prompt; the server owns the history). The answer is the AI SDK UI message stream
-when the client asks for `text/event-stream` or sends a `useChat` body, else one JSON object.
+Body `{"prompt": ..., "chat_id"?: ...}`, or the body `useChat` sends (`{id, messages, trigger,
+messageId}`: `id` names the chat, the newest user message is the prompt and its `id` is kept as
+that message's id; the server owns the history, earlier messages are not read). Without a chat
+id the turn goes to the `default` conversation. The answer is the AI SDK UI message stream when
+the client asks for `text/event-stream` or sends a `useChat` body, else one JSON object.
 """
 
 from flask import Response, request
 
 from api._http import create_app, current, json_body, json_response
+from lib.chats import chat_id
 from lib.errors import InvalidRequest, PayloadTooLarge
 from lib.options import for_turn
+from lib.state import DEFAULT_CHAT
 from lib.streaming import UI_STREAM_HEADERS, to_json, to_ui_stream
 
 app = create_app(__name__)
 
 
-def prompt_of(body: dict) -> str:
+def newest_user_message(body: dict) -> tuple[str, str | None]:
+    """The prompt and the client's id for it, from a plain or a `useChat` body."""
     if "prompt" in body or "messages" not in body:
-        prompt = body.get("prompt")
+        prompt, message_id = body.get("prompt"), None
     else:
         messages = body["messages"]
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"] \
-            if isinstance(messages, list) else []
-        if not users:
+        newest = next((m for m in reversed(messages) if isinstance(m, dict)
+                       and m.get("role") == "user"), None) if isinstance(messages, list) else None
+        if newest is None:
             raise InvalidRequest('"messages" must hold at least one user message')
-        parts = users[-1].get("parts")
+        parts = newest.get("parts")
         if not isinstance(parts, list):
             raise InvalidRequest('the newest user message must have "parts"')
         prompt = "".join(p.get("text", "") for p in parts
                          if isinstance(p, dict) and p.get("type") == "text")
+        message_id = newest.get("id")
+        if message_id is not None and (not isinstance(message_id, str) or len(message_id) > 128):
+            raise InvalidRequest("a message id is a string of at most 128 characters")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest('"prompt" must be a non-empty string')
-    return prompt
+    return prompt, message_id
 
 
 @app.post("/api/chat")
 def chat() -> Response:
     svc, user_id = current()
     body = json_body(svc.settings.max_body_bytes)
-    prompt = prompt_of(body)
+    if body.get("trigger", "submit-message") != "submit-message":
+        raise InvalidRequest(f'trigger {body.get("trigger")!r} is not supported; send '
+                             '"submit-message"')
+    prompt, message_id = newest_user_message(body)
     if len(prompt) > svc.settings.max_prompt_chars:
         raise PayloadTooLarge(f'"prompt" is over {svc.settings.max_prompt_chars} characters')
+    named = body.get("id") if "messages" in body else body.get("chat_id")
+    chat = DEFAULT_CHAT if named is None else chat_id(named)
     options = for_turn(svc.settings.agent, body.get("options"), svc.settings.client_options,
                        svc.settings.max_prompt_chars)
-    turn = svc.turns.start(user_id, prompt, options)
+    turn = svc.turns.start(user_id, prompt, options, chat, message_id)
     wants_stream = request.accept_mimetypes.best_match(
         ["application/json", "text/event-stream"]) == "text/event-stream"
     if wants_stream or "messages" in body:
-        response = Response(to_ui_stream(turn.events()), mimetype="text/event-stream",
-                            headers=UI_STREAM_HEADERS)
+        response = Response(to_ui_stream(turn.events(), turn.message_id),
+                            mimetype="text/event-stream", headers=UI_STREAM_HEADERS)
         response.call_on_close(turn.close)
         return response
     status, answer = to_json(turn.events())
+    if status == 200:
+        answer = {"chat_id": chat, "message_id": turn.message_id, **answer}
     response = json_response(answer, status)
     response.headers["Server-Timing"] = ", ".join(
         f"{phase};dur={ms}" for phase, ms in turn.timings.items())

@@ -1,4 +1,5 @@
-"""GET /api/session: the caller's conversation record. DELETE: forget it and its sandbox."""
+"""GET /api/session: the caller as a whole (their conversations, their sandbox). DELETE:
+forget everything: every conversation and transcript, the record, and the sandbox."""
 
 from flask import Response
 
@@ -14,13 +15,13 @@ def show() -> Response:
     view = svc.turns.describe(user_id)
     if view is None:
         raise NotFound("no conversation yet: POST /api/chat starts one")
-    return json_response({
-        "session_id": view.session_id,
-        "turns": view.turns,
-        "created_at": view.created_at,
-        "last_active_at": view.last_active_at,
-        "sandbox": {"status": view.sandbox_status or "missing"},
-    })
+    _, chats = svc.chats.list(user_id, 0, 1)
+    answer = {"chats": chats, "created_at": view.created_at,
+              "last_active_at": view.last_active_at,
+              "sandbox": {"status": view.sandbox_status or "missing"}}
+    if view.default is not None:  # the conversation of clients that send no chat id
+        answer.update(session_id=view.default.session_id, turns=view.default.turns)
+    return json_response(answer)
 
 
 @app.delete("/api/session")

@@ -79,7 +79,7 @@ def main() -> None:
         services = chat.app.config["SERVICES"]
         from lib.auth import user_hash
 
-        return services.state.read(user_hash(user, settings)).sandbox_name
+        return services.state.read_user(user_hash(user, settings))[0].sandbox_name
 
     results: dict[str, dict[str, tuple[float, float]]] = {}
     try:

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from upstash_redis import Redis
 
+from lib.chats import Chats
 from lib.cleanup import Cleanup
 from lib.config import Settings
 from lib.errors import ConfigError
@@ -27,6 +28,7 @@ class Services:
     settings: Settings
     state: StateStore
     turns: TurnService
+    chats: Chats
     cleanup: Cleanup
 
 
@@ -46,6 +48,7 @@ def build(
         TurnService(settings, state, sandboxes, transcripts,
                     TurnLimits(redis, settings.key_prefix, settings.rate_limit,
                                settings.max_turns_per_day), clock),
+        Chats(settings, state, transcripts),
         Cleanup(settings, state, sandboxes, transcripts, clock),
     )
 

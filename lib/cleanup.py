@@ -1,10 +1,13 @@
-"""The sweep behind the cron: stop idle sandboxes, expire old sessions, reconcile orphans.
+"""The sweep behind the cron: expire old conversations and users, stop idle sandboxes,
+reconcile orphans.
 
 Work comes from the activity indexes (`ZRANGE BYSCORE`), in batches, so a run costs what is due,
 not what exists; it stops at its time budget and says `more`, and the next run goes on where it
-stopped. Every user is handled under their turn lock: a user whose turn runs is skipped, and a
-turn that starts meanwhile gets 409 and retries after. Under the lock the record is read again,
-so a user who became active since the index was read is left alone.
+stopped. A conversation is expired under its own turn lock, by its own last activity
+(SESSION_TTL); a user (every conversation, the sandbox, the record) under the user lock, which
+is only taken while none of their turns runs: a busy user is skipped, and a turn that starts
+meanwhile gets 409 and retries after. Under a lock the record is read again, so what became
+active since the index was read is left alone.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Outcome(Enum):
 class CleanupReport:
     stopped: int = 0
     expired: int = 0
+    chats_expired: int = 0
     orphans_removed: int = 0
     skipped_busy: int = 0
     errors: int = 0
@@ -66,26 +70,35 @@ class Cleanup:
         deadline = started + self.settings.cleanup_time_budget
         report = CleanupReport()
         now = self.clock()
-        more = self._sweep(self.state.activity_key, now - self.settings.session_ttl,
-                           self._expire, report, "expired", deadline)
+        old = now - self.settings.session_ttl
+        more = self._sweep(self.state.chat_activity_key, old, self._lock_chat,
+                           self._expire_chat, report, "chats_expired", deadline)
+        more |= self._sweep(self.state.activity_key, old, self.state.begin_user, self._expire,
+                            report, "expired", deadline)
         more |= self._sweep(self.state.awake_key, now - self.settings.idle_stop_after,
-                            self._stop, report, "stopped", deadline)
+                            self.state.begin_user, self._stop, report, "stopped", deadline)
         more |= self._orphan_sandboxes(report, deadline)
         report.more = more
         report.duration_ms = int((self.monotonic() - started) * 1000)
         log.info("cleanup: %s", report)
         return report
 
-    def _sweep(self, index: str, cutoff: float, handle: Callable[[Lease, float], Outcome],
-               report: CleanupReport, counter: str, deadline: float) -> bool:
-        """Handle every user of `index` last active before `cutoff`; True if time ran out."""
+    def _lock_chat(self, member: str) -> Lease:
+        user, _, chat = member.partition(":")
+        return self.state.begin_turn(user, chat)
+
+    def _sweep(self, index: str, cutoff: float, lock: Callable[[str], Lease],
+               handle: Callable[[Lease, float], Outcome], report: CleanupReport, counter: str,
+               deadline: float) -> bool:
+        """Handle every member of `index` last active before `cutoff`, under the lock `lock`
+        takes; True if time ran out."""
         left_in_place = 0  # busy or failed users stay at the head of the index: page past them
         while True:
             batch = self.state.due(index, cutoff, left_in_place, self.settings.cleanup_batch)
-            for user in batch:
+            for member in batch:
                 if self.monotonic() >= deadline:
                     return True
-                outcome = self._locked(user, cutoff, handle)
+                outcome = self._locked(member, lock, cutoff, handle)
                 if outcome is Outcome.DONE:
                     setattr(report, counter, getattr(report, counter) + 1)
                 elif outcome is Outcome.ORPHAN:
@@ -98,40 +111,52 @@ class Cleanup:
             if len(batch) < self.settings.cleanup_batch:
                 return False
 
-    def _locked(self, user: str, cutoff: float,
+    def _locked(self, member: str, lock: Callable[[str], Lease], cutoff: float,
                 handle: Callable[[Lease, float], Outcome]) -> Outcome:
         try:
-            lease = self.state.begin(user)
+            lease = lock(member)
         except TurnInProgress:
             return Outcome.BUSY
         except ServiceError as error:
-            log.error("cleanup could not lock %s: %s", user, error.message)
+            log.error("cleanup could not lock %s: %s", member, error.message)
             return Outcome.ERROR
         try:
             return handle(lease, cutoff)
         except Exception as error:  # one user's failure must not stop the sweep
-            log.error("cleanup failed for %s: %s", user, error)
+            log.error("cleanup failed for %s: %s", member, error)
             try:
                 self.state.release(lease)
             except ServiceError:
                 pass
             return Outcome.ERROR
 
+    def _expire_chat(self, lease: Lease, cutoff: float) -> Outcome:
+        """Delete one conversation (its transcript and its entry); the sandbox stays."""
+        chat = lease.chat_record
+        if chat is not None and chat.last_active_at >= cutoff:
+            self.state.release(lease)
+            return Outcome.NOT_DUE
+        if chat is not None:
+            self.transcripts.delete({"project_key": lease.user, "session_id": chat.session_id})
+        self.state.forget_chat(lease)
+        return Outcome.DONE if chat is not None else Outcome.ORPHAN
+
     def _expire(self, lease: Lease, cutoff: float) -> Outcome:
-        """Destroy the sandbox, delete the transcripts and the record."""
+        """Forget the user: destroy the sandbox, delete every transcript, conversation and the
+        record (a user whose last conversation expired, or who has been away SESSION_TTL)."""
         if lease.record is not None and lease.record.last_active_at >= cutoff:
             self.state.release(lease)
             return Outcome.NOT_DUE
         self.sandboxes.destroy(lease.sandbox_name(self.settings.sandbox_name_prefix))
         delete_all(self.transcripts, lease.user)
-        self.state.forget(lease)
+        self.state.forget_user(lease)
         return Outcome.DONE if lease.record is not None else Outcome.ORPHAN
 
     def _stop(self, lease: Lease, cutoff: float) -> Outcome:
         """Stop a running sandbox (a persistent one keeps its files as a snapshot)."""
         record = lease.record
-        if record is None:  # an index entry without a session: drop it
-            self.state.forget(lease)
+        if record is None:  # an index entry without a user: drop it
+            self.state.forget_user(lease)
             return Outcome.ORPHAN
         if record.last_active_at >= cutoff:
             self.state.release(lease)
@@ -157,7 +182,7 @@ class Cleanup:
                 self.state.write_marker(ORPHAN_CURSOR, cursor)
                 return True
             if user not in with_record:
-                outcome = self._locked(user, 0.0, self._destroy_orphan)
+                outcome = self._locked(user, self.state.begin_user, 0.0, self._destroy_orphan)
                 report.orphans_removed += outcome is Outcome.ORPHAN
                 report.skipped_busy += outcome is Outcome.BUSY
                 report.errors += outcome is Outcome.ERROR

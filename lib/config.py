@@ -65,7 +65,7 @@ class Settings:
     agent_warm_idle: int = 300
     client_options: tuple[str, ...] = ()
     max_prompt_chars: int = 32_000
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = 4_500_000  # what Vercel accepts
     turn_timeout: int = 240
     function_max_duration: int = 300
     transcript_store: str = "upstash"
@@ -159,7 +159,7 @@ class Settings:
             agent_warm=read.choice("AGENT_WARM", ("1", "0", "true", "false"), "1") in ("1", "true"),
             agent_warm_idle=read.integer("AGENT_WARM_IDLE", 300, minimum=5),
             max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
-            max_body_bytes=read.integer("MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            max_body_bytes=read.integer("MAX_BODY_BYTES", 4_500_000, minimum=1024),
             turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),
             function_max_duration=read.integer("FUNCTION_MAX_DURATION", 300, minimum=10),
             transcript_store=read.choice("TRANSCRIPT_STORE", ("upstash", "s3"), "upstash"),

@@ -32,9 +32,16 @@ def _texts(content: Any) -> list[str]:
             if isinstance(block, dict) and block.get("type") == "text"]
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """One line of at most `limit` characters (a title from a prompt)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
 def messages_from(entries: Iterable[Entry]) -> list[Message]:
-    """User prompts and assistant text, in order; the streamed pieces of one assistant message
-    (entries sharing `message.id`) are joined into one."""
+    """User prompts and assistant text, in order, one assistant message per answer: the
+    streamed pieces of one model message (entries sharing `message.id`) are joined, and so are
+    the model messages of one answer (text around tool calls), as a client shows them."""
     messages: list[Message] = []
     last_assistant_id = None
     for entry in entries:
@@ -44,10 +51,13 @@ def messages_from(entries: Iterable[Entry]) -> list[Message]:
         text = "".join(t for t in _texts(body.get("content")) if not _INJECTED.match(t))
         if not text.strip():
             continue
-        if kind == "assistant" and body.get("id") and body.get("id") == last_assistant_id:
+        if kind == "assistant" and messages and messages[-1].role == "assistant":
             previous = messages.pop()
-            messages.append(Message(previous.id, "assistant", previous.text + text,
+            same = body.get("id") and body.get("id") == last_assistant_id
+            messages.append(Message(previous.id, "assistant",
+                                    previous.text + ("" if same else "\n\n") + text,
                                     previous.created_at))
+            last_assistant_id = body.get("id")
             continue
         last_assistant_id = body.get("id") if kind == "assistant" else None
         messages.append(Message(str(entry.get("uuid") or len(messages)), kind, text,

@@ -27,13 +27,19 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 AUTH = [{"bearer": []}, {"devUser": []}]
+CHAT = [{"name": "chat", "in": "path", "required": True, "schema": _ref("ChatId")}]
+MESSAGE_PAGE = [
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+]
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "Agent sessions",
         "version": "1.0.0",
-        "description": "One long-lived Claude agent conversation per signed-in user.",
+        "description": "Long-lived Claude agent conversations for every signed-in user.",
     },
     "components": {
         "securitySchemes": {
@@ -58,15 +64,38 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "prompt": {"type": "string", "minLength": 1,
                                "description": "at most MAX_PROMPT_CHARS characters"},
+                    "chat_id": {"$ref": "#/components/schemas/ChatId"},
+                    "id": {"$ref": "#/components/schemas/ChatId"},
                     "messages": {"type": "array", "description": "useChat's UI messages: the "
-                                 "newest user message's text parts are the prompt"},
+                                 "newest user message's text parts are the prompt, its `id` "
+                                 "that message's id; earlier messages are not read"},
+                    "trigger": {"type": "string", "enum": ["submit-message"]},
                     "options": {"type": "object", "description": "only keys in CLIENT_OPTIONS"},
                 },
-                "description": "`prompt` or `messages`; other fields are ignored.",
+                "description": "`prompt` (with `chat_id`) or a useChat body (`id`, `messages`); "
+                               "without a chat id, the `default` conversation; other fields "
+                               "are ignored.",
+            },
+            "ChatId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "Chat": {
+                "type": "object",
+                "properties": {
+                    "id": {"$ref": "#/components/schemas/ChatId"}, "title": {"type": "string"},
+                    "created_at": {"type": "number"}, "last_active_at": {"type": "number"},
+                    "turns": {"type": "integer"}, "session_id": {"type": "string"},
+                },
+            },
+            "Chats": {
+                "type": "object",
+                "properties": {
+                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/Chat"}},
+                    "total": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]},
+                },
             },
             "TurnResult": {
                 "type": "object", "required": ["session_id", "text", "turn"],
                 "properties": {
+                    "chat_id": {"type": "string"}, "message_id": {"type": "string"},
                     "session_id": {"type": "string"}, "text": {"type": "string"},
                     "turn": {"type": "integer"},
                     "usage": {"type": "object", "additionalProperties": {"type": "number"}},
@@ -78,7 +107,9 @@ DOCUMENT: dict[str, Any] = {
             "Session": {
                 "type": "object",
                 "properties": {
-                    "session_id": {"type": "string"}, "turns": {"type": "integer"},
+                    "chats": {"type": "integer"},
+                    "session_id": {"type": "string", "description": "of the default chat"},
+                    "turns": {"type": "integer", "description": "of the default chat"},
                     "created_at": {"type": "number"}, "last_active_at": {"type": "number"},
                     "sandbox": {"type": "object", "properties": {"status": {
                         "type": "string", "enum": ["running", "stopped", "missing"]}}},
@@ -98,7 +129,8 @@ DOCUMENT: dict[str, Any] = {
             "CleanupReport": {
                 "type": "object",
                 "properties": {name: {"type": "integer"} for name in (
-                    "stopped", "expired", "orphans_removed", "skipped_busy", "errors",
+                    "stopped", "expired", "chats_expired", "orphans_removed", "skipped_busy",
+                    "errors",
                     "duration_ms")} | {"more": {"type": "boolean"}},
             },
         },
@@ -106,7 +138,7 @@ DOCUMENT: dict[str, Any] = {
     },
     "paths": {
         "/api/chat": {"post": {
-            "summary": "One turn of the caller's conversation",
+            "summary": "One turn of one of the caller's conversations",
             "security": AUTH,
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _ref("ChatRequest")}}},
@@ -120,20 +152,47 @@ DOCUMENT: dict[str, Any] = {
             },
         }},
         "/api/session": {
-            "get": {"summary": "The caller's session record", "security": AUTH,
+            "get": {"summary": "The caller: their conversations and sandbox", "security": AUTH,
                     "responses": {"200": _json(_ref("Session"), "The record"),
                                   **_errors(401, 404, 503)}},
-            "delete": {"summary": "Forget the conversation and its sandbox", "security": AUTH,
+            "delete": {"summary": "Forget every conversation and the sandbox", "security": AUTH,
                        "responses": {"204": {"description": "Forgotten"},
                                      **_errors(401, 409, 503)}},
         },
         "/api/session/messages": {"get": {
-            "summary": "The conversation, from the durable transcript", "security": AUTH,
+            "summary": "The default conversation's messages", "security": AUTH,
+            "parameters": MESSAGE_PAGE,
+            "responses": {"200": _json(_ref("Messages"), "A page of messages, oldest first"),
+                          **_errors(400, 401, 404, 503)},
+        }},
+        "/api/chats": {"get": {
+            "summary": "The caller's conversations, newest activity first", "security": AUTH,
             "parameters": [
                 {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-                {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
             ],
+            "responses": {"200": _json(_ref("Chats"), "A page of conversations"),
+                          **_errors(400, 401, 503)},
+        }},
+        "/api/chats/<chat>": {
+            "get": {"summary": "One conversation", "security": AUTH, "parameters": CHAT,
+                    "responses": {"200": _json(_ref("Chat"), "The conversation"),
+                                  **_errors(400, 401, 404, 503)}},
+            "patch": {"summary": "Rename a conversation", "security": AUTH, "parameters": CHAT,
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": {"type": "object", "required": ["title"], "properties": {
+                              "title": {"type": "string", "maxLength": 200}}}}}},
+                      "responses": {"200": _json(_ref("Chat"), "The renamed conversation"),
+                                    **_errors(400, 401, 404, 413, 415, 503)}},
+            "delete": {"summary": "Delete a conversation (the sandbox stays)", "security": AUTH,
+                       "parameters": CHAT,
+                       "responses": {"204": {"description": "Deleted"},
+                                     **_errors(400, 401, 404, 409, 503)}},
+        },
+        "/api/chats/<chat>/messages": {"get": {
+            "summary": "A conversation's messages, with the ids the client saw",
+            "security": AUTH, "parameters": [*CHAT, *MESSAGE_PAGE],
             "responses": {"200": _json(_ref("Messages"), "A page of messages, oldest first"),
                           **_errors(400, 401, 404, 503)},
         }},

@@ -5,14 +5,14 @@ UI message stream v1, one `data: <json>` event per part, ended by `data: [DONE]`
   start {messageId}, start-step, text-start/text-delta/text-end {id},
   tool-input-available {toolCallId, toolName, input, dynamic}, tool-output-available
   {toolCallId, output, dynamic} or tool-output-error {toolCallId, errorText, dynamic},
-  data-notice {data: {code, message}}, data-session {data: {session_id, turn, usage, cost_usd}},
+  data-notice {data: {code, message}}, data-session {data: {session_id, turn, usage, cost_usd}}
+  (not the text again: the text parts carry it),
   finish-step, finish; or, on failure, data-error {data: {code, message}} and error {errorText}.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict
@@ -33,10 +33,11 @@ def sse(part: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def to_ui_stream(events: Iterator[TurnEvent]) -> Iterator[bytes]:
-    """Closing this stream closes `events` at once (a turn then finishes on its own)."""
+def to_ui_stream(events: Iterator[TurnEvent], message_id: str) -> Iterator[bytes]:
+    """The answer's message is `message_id` (the id the stored history gives it too). Closing
+    this stream closes `events` at once (a turn then finishes on its own)."""
     with closing(events):  # type: ignore[type-var]
-        yield sse({"type": "start", "messageId": f"msg_{uuid.uuid4().hex}"})
+        yield sse({"type": "start", "messageId": message_id})
         yield sse({"type": "start-step"})
         for part in _parts(events):
             yield sse(part)
@@ -62,7 +63,8 @@ def _parts(events: Iterator[TurnEvent]) -> Iterator[dict[str, Any]]:
         elif isinstance(event, Notice):
             yield {"type": "data-notice", "data": asdict(event)}
         elif isinstance(event, TurnDone):
-            yield {"type": "data-session", "data": asdict(event)}
+            yield {"type": "data-session",
+                   "data": {k: v for k, v in asdict(event).items() if k != "text"}}
             yield {"type": "finish-step"}
             yield {"type": "finish"}
         elif isinstance(event, TurnFailed):

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ from typing import Any
 from lib import logs
 from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
-from lib.conversation import Message, messages_from
+from lib.conversation import messages_from, shorten
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
 from lib.launcher import Launcher
 from lib.limits import TurnLimits
 from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
-from lib.state import Lease, SessionRecord, StateStore
+from lib.state import DEFAULT_CHAT, ChatRecord, Lease, StateStore, UserRecord
 from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
 
 log = logging.getLogger("agent.turns")
@@ -36,12 +37,13 @@ _KILL_MARGIN = 10.0
 
 
 @dataclass(frozen=True)
-class SessionView:
-    session_id: str
-    turns: int
+class UserView:
+    """The whole user: their conversations and their sandbox."""
+
     created_at: float
     last_active_at: float
     sandbox_status: SandboxStatus | None
+    default: ChatRecord | None  # the conversation of bodies without a chat id, if any
 
 
 class TurnService:
@@ -62,43 +64,38 @@ class TurnService:
         self.clock = clock
         self.launcher = Launcher(settings)
 
-    def start(self, user_id: str, prompt: str, options: AgentOptions | None = None) -> Turn:
-        """Count the turn against the user's limits (RateLimited), take their lock
-        (TurnInProgress if busy) and load their record."""
+    def start(self, user_id: str, prompt: str, options: AgentOptions | None = None,
+              chat: str = DEFAULT_CHAT, user_message_id: str | None = None) -> Turn:
+        """Count the turn against the user's limits (RateLimited), take the chat's lock
+        (TurnInProgress if busy) and load the user's and the chat's records."""
         user = user_hash(user_id, self.settings)
         self.limits.check(user)
         started = time.perf_counter()
-        lease = self.state.begin(user)
-        turn = Turn(self, lease, prompt, options or self.settings.agent)
+        lease = self.state.begin_turn(user, chat)
+        turn = Turn(self, lease, prompt, options or self.settings.agent, user_message_id)
         turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)
         return turn
 
-    def describe(self, user_id: str) -> SessionView | None:
-        record = self.state.read(user_hash(user_id, self.settings))
-        if record is None:
-            return None
-        return SessionView(record.session_id, record.turns, record.created_at,
-                           record.last_active_at, self.sandboxes.status(record.sandbox_name))
-
-    def conversation(self, user_id: str) -> list[Message] | None:
-        """The current conversation's messages, from the durable transcript (not the sandbox)."""
+    def describe(self, user_id: str) -> UserView | None:
         user = user_hash(user_id, self.settings)
-        record = self.state.read(user)
+        record, _ = self.state.read_user(user)
         if record is None:
             return None
-        entries = self.transcripts.load({"project_key": user, "session_id": record.session_id})
-        return messages_from(entries or [])
+        return UserView(record.created_at, record.last_active_at,
+                        self.sandboxes.status(record.sandbox_name),
+                        self.state.read_chat(user, DEFAULT_CHAT))
 
     def forget(self, user_id: str) -> None:
-        """Destroy the user's sandbox, delete their transcripts and record, under their lock."""
-        lease = self.state.begin(user_hash(user_id, self.settings))
+        """Destroy the user's sandbox, delete every transcript, conversation and record of
+        theirs, under the user lock (TurnInProgress while any of their turns runs)."""
+        lease = self.state.begin_user(user_hash(user_id, self.settings))
         try:
             self.sandboxes.destroy(self.sandbox_name(lease))
             delete_all(self.transcripts, lease.user)
         except BaseException:
             self.state.release(lease)
             raise
-        self.state.forget(lease)
+        self.state.forget_user(lease)
 
     def sandbox_name(self, lease: Lease) -> str:
         return lease.sandbox_name(self.settings.sandbox_name_prefix)
@@ -106,11 +103,16 @@ class TurnService:
 
 class Turn:
     def __init__(self, service: TurnService, lease: Lease, prompt: str,
-                 options: AgentOptions) -> None:
+                 options: AgentOptions, user_message_id: str | None = None) -> None:
         self.service = service
         self.lease = lease
         self.prompt = prompt
         self.options = options
+        # The ids the client sees: its own for the prompt, ours (the stream's `start` part) for
+        # the answer. The commit maps the transcript's uuids to them.
+        self.user_message_id = user_message_id
+        self.message_id = f"msg_{uuid.uuid4().hex}"
+        self._message_uuids: dict[str, str] = {}
         self._settled = False
         self.sandbox: Sandbox | None = None
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
@@ -176,7 +178,8 @@ class Turn:
                                                   record.sandbox_hint if record else None)
         sandbox = attachment.sandbox
         self.sandbox = sandbox
-        resume = record.session_id if record else None
+        chat = self.lease.chat_record
+        resume = chat.session_id if chat else None
         restore = None
         if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
             resume, restore = yield from self._restorable(resume)
@@ -212,22 +215,27 @@ class Turn:
         yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
                        outcome.get("cost_usd"))
 
-    def _save(self, session_id: str) -> SessionRecord:
-        """Commit the record (and release the lock): one more turn of this session, or the
-        first of a new one."""
-        service, record = self.service, self.lease.record
-        now = service.clock()
-        continued = record is not None and session_id == record.session_id
-        saved = SessionRecord(
+    def _save(self, session_id: str) -> ChatRecord:
+        """Commit the chat and the user record (and release the lock): one more turn of this
+        session, or the first of a new one."""
+        service, lease = self.service, self.lease
+        chat, now = lease.chat_record, service.clock()
+        continued = chat is not None and session_id == chat.session_id
+        saved = ChatRecord(
             session_id=session_id,
-            sandbox_name=service.sandbox_name(self.lease),
-            turns=record.turns + 1 if continued and record else 1,
-            created_at=record.created_at if continued and record else now,
+            turns=chat.turns + 1 if continued and chat else 1,
+            created_at=chat.created_at if chat else now,
+            last_active_at=now,
+            first_prompt=chat.first_prompt if chat and chat.first_prompt else shorten(self.prompt),
+        )
+        record = UserRecord(
+            sandbox_name=service.sandbox_name(lease),
+            created_at=lease.record.created_at if lease.record else now,
             last_active_at=now,
             sandbox_hint=self.sandbox.hint if self.sandbox else None,
         )
         with self._timed("save"):
-            service.state.commit(self.lease, saved)
+            service.state.commit_turn(lease, record, saved, self._message_uuids)
         self._settled = True
         return saved
 
@@ -255,17 +263,27 @@ class Turn:
             ))
 
     def _mirror(self, message: dict[str, Any]) -> None:
-        """Store a transcript batch durably, under this user's key whatever the sandbox says."""
+        """Store a transcript batch durably, under this user's key whatever the sandbox says;
+        note the uuids of this turn's prompt and answer, for the ids the client saw."""
         try:
             key = message["key"]
             scoped: SessionKey = {"project_key": self.lease.user,
                                   "session_id": str(key["session_id"])}
             if key.get("subpath"):
                 scoped["subpath"] = str(key["subpath"])
+            else:
+                self._note_messages(message["entries"])
             self.service.transcripts.append(scoped, list(message["entries"]))
         except (KeyError, TypeError, ServiceError) as error:
             # The turn goes on (its local transcript is whole); durability of this batch is lost.
             log.error("could not mirror a transcript batch: %s", error)
+
+    def _note_messages(self, entries: list[Any]) -> None:
+        for message in messages_from(e for e in entries if isinstance(e, dict)):
+            if message.role == "user" and message.text == self.prompt and self.user_message_id:
+                self._message_uuids.setdefault(message.id, self.user_message_id)
+            elif message.role == "assistant" and self.message_id not in self._message_uuids.values():
+                self._message_uuids[message.id] = self.message_id
 
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
         """Forward the runner's lines as events, mirror its transcript batches; return its

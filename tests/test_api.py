@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from api import chat, health, session, session_messages
+from api import chat, chats, health, session, session_messages
 from lib.bootstrap import build
 from lib.devtools.dev_server import DevServer
 from lib.errors import SandboxUnavailable
 from lib.runner import NEEDS_INSTALL, RUNNER_SOURCE_PATH
+from lib.state import DEFAULT_CHAT
 from tests.conftest import Upstash, free_port, make_settings
 from tests.fakes import Script, line, mirror, ok_result
 from tests.world import ALICE, JSON, SSE, World
@@ -37,8 +38,10 @@ def kinds(parts: list[dict]) -> list[str]:
 def test_a_turn_then_a_resumed_turn(world: World):
     first = world.turn("one")
     assert first.status_code == 200
-    assert first.json == {"session_id": "sess-1", "text": "hi there", "turn": 1,
+    assert first.json == {"chat_id": "default", "message_id": first.json["message_id"],
+                          "session_id": "sess-1", "text": "hi there", "turn": 1,
                           "usage": {"input_tokens": 3, "output_tokens": 1}, "cost_usd": 0.001}
+    assert first.json["message_id"].startswith("msg_")
     second = world.turn("two")
     assert second.json["turn"] == 2 and second.json["session_id"] == "sess-1"
     jobs = [run["job"] for run in world.sandboxes.runs]
@@ -74,7 +77,7 @@ def seed(world: World):
         ({"json": {"prompt": 42}, "headers": ALICE}, 400, "invalid_request"),
         ({"json": {"prompt": None}, "headers": ALICE}, 400, "invalid_request"),
         ({"json": {"prompt": "x" * 32_001}, "headers": ALICE}, 413, "payload_too_large"),
-        ({"data": json.dumps({"prompt": "x", "pad": "y" * 300_000}), "headers": JSON},
+        ({"data": json.dumps({"prompt": "x", "pad": "y" * 4_600_000}), "headers": JSON},
          413, "payload_too_large"),
         ({"data": "prompt=hi", "headers": {**ALICE, "Content-Type": "text/plain"}},
          415, "unsupported_media_type"),
@@ -105,14 +108,17 @@ def test_wrong_method_and_unknown_path_are_json(world: World):
     assert b"<html" in dev.get("/").data
 
 
-def test_a_busy_user_gets_409_with_retry_after(world: World):
-    lease = world.services.state.begin(world.user())
+def test_a_busy_chat_gets_409_with_retry_after(world: World):
+    lease = world.services.state.begin_turn(world.user(), DEFAULT_CHAT)
     response = world.turn()
     assert response.status_code == 409
     assert response.json["error"]["code"] == "turn_in_progress"
     assert int(response.headers["Retry-After"]) >= 1
     assert world.lock() == lease.token  # the running turn keeps its lock
     assert world.turn(headers={"X-User-Id": "bob"}).status_code == 200
+    other = world.client().post("/api/chat", json={"prompt": "hi", "chat_id": "work"},
+                                headers=ALICE)
+    assert other.status_code == 200 and other.json["chat_id"] == "work"  # another chat runs
 
 
 @pytest.mark.parametrize(
@@ -157,7 +163,7 @@ def test_sse_speaks_the_ai_sdk_ui_message_stream(world: World):
                             "text-end", "data-session", "finish-step", "finish"]
     assert [p["delta"] for p in parts if p["type"] == "text-delta"] == ["hi ", "there"]
     assert len({p["id"] for p in parts if p["type"].startswith("text-")}) == 1
-    assert parts[6]["data"] == {"session_id": "sess-1", "text": "hi there", "turn": 1,
+    assert parts[6]["data"] == {"session_id": "sess-1", "turn": 1,  # the text only once
                                 "usage": {"input_tokens": 3, "output_tokens": 1},
                                 "cost_usd": 0.001}
 
@@ -234,16 +240,18 @@ def test_session_show_and_forget(world: World):
     client = world.client(session.app)
     assert client.get("/api/session", headers=ALICE).status_code == 404
     seed(world)
+    world.client().post("/api/chat", json={"prompt": "x", "chat_id": "work"}, headers=ALICE)
     shown = client.get("/api/session", headers=ALICE).json
-    assert shown["session_id"] == "sess-1" and shown["turns"] == 1
-    assert shown["sandbox"] == {"status": "running"}
-    lease = world.services.state.begin(world.user())
+    assert shown["session_id"] == "sess-1" and shown["turns"] == 1  # of the default chat
+    assert shown["chats"] == 2 and shown["sandbox"] == {"status": "running"}
+    lease = world.services.state.begin_turn(world.user(), "work")  # a turn runs
     assert client.delete("/api/session", headers=ALICE).status_code == 409
     world.services.state.release(lease)
-    name = world.stored().sandbox_name
+    name = world.user_record().sandbox_name
     assert client.delete("/api/session", headers=ALICE).status_code == 204
     assert client.get("/api/session", headers=ALICE).status_code == 404
     assert world.sandboxes.status(name) is None and world.lock() is None
+    assert world.stored(chat="work") is None and world.transcript("sess-2") is None
     assert client.delete("/api/session", headers=ALICE).status_code == 204  # idempotent
     assert client.get("/api/session").status_code == 401
 
@@ -346,9 +354,10 @@ def test_still_missing_after_the_install_is_503(world: World):
 
 def test_the_sandbox_hint_is_kept_for_the_next_attach(world: World):
     seed(world)
-    assert world.stored().sandbox_hint == f"at:{world.stored().sandbox_name}"
+    record = world.user_record()
+    assert record.sandbox_hint == f"at:{record.sandbox_name}"
     world.turn("next")
-    assert world.sandboxes.hints == [None, f"at:{world.stored().sandbox_name}"]
+    assert world.sandboxes.hints == [None, f"at:{record.sandbox_name}"]
 
 
 def test_a_sandbox_that_breaks_off_mid_turn_keeps_what_the_agent_saved(world: World):
@@ -504,3 +513,134 @@ def test_allowed_options_are_validated_and_applied(world: World):
                                        headers=ALICE)
         assert response.status_code == 400, bad
     assert dataclasses.replace(world.services.settings.agent) == world.services.settings.agent
+
+
+def use_chat_body(chat: str, text: str, message_id: str, history: list | None = None) -> dict:
+    """What DefaultChatTransport sends: the chat id and the WHOLE history."""
+    newest = {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}
+    return {"id": chat, "messages": [*(history or []), newest], "trigger": "submit-message",
+            "messageId": None}
+
+
+def test_conversations_are_listed_shown_renamed_and_deleted(world: World, clock):
+    chats_client = world.client(chats.app)
+    assert chats_client.get("/api/chats", headers=ALICE).json == {
+        "chats": [], "total": 0, "next_offset": None}
+    world.turn("the default one")
+    clock.advance(10)
+    world.client().post("/api/chat", json={"prompt": "Plan   my\nweek " + "x" * 100,
+                                           "chat_id": "work"}, headers=ALICE)
+    clock.advance(10)
+    ui_parts(world.client().post("/api/chat", json=use_chat_body("home", "Dinner?", "u-1"),
+                                 headers=ALICE).data)
+    listed = chats_client.get("/api/chats?limit=2", headers=ALICE).json
+    assert [c["id"] for c in listed["chats"]] == ["home", "work"]
+    assert listed["total"] == 3 and listed["next_offset"] == 2
+    assert listed["chats"][0]["title"] == "Dinner?" and listed["chats"][0]["turns"] == 1
+    assert listed["chats"][1]["title"].startswith("Plan my week xxx")
+    assert len(listed["chats"][1]["title"]) == 80
+    rest = chats_client.get("/api/chats?limit=2&offset=2", headers=ALICE).json
+    assert [c["id"] for c in rest["chats"]] == ["default"] and rest["next_offset"] is None
+
+    renamed = chats_client.patch("/api/chats/work", json={"title": " Work  plans "},
+                                 headers=ALICE)
+    assert renamed.status_code == 200 and renamed.json["title"] == "Work plans"
+    world.client().post("/api/chat", json={"prompt": "more", "chat_id": "work"}, headers=ALICE)
+    shown = chats_client.get("/api/chats/work", headers=ALICE).json
+    assert shown["title"] == "Work plans" and shown["turns"] == 2  # a turn keeps the title
+
+    session_id = shown["session_id"]
+    assert chats_client.delete("/api/chats/work", headers=ALICE).status_code == 204
+    assert chats_client.get("/api/chats/work", headers=ALICE).status_code == 404
+    assert world.transcript(session_id) is None
+    assert world.sandboxes.status(world.user_record().sandbox_name) == "running"  # it stays
+    assert [c["id"] for c in chats_client.get("/api/chats", headers=ALICE).json["chats"]] == [
+        "home", "default"]
+
+
+def test_chat_endpoints_answer_bad_input_with_json_errors(world: World):
+    chats_client = world.client(chats.app)
+    world.turn("hi")
+    for method, path, body, status in [
+        ("get", "/api/chats/nope", None, 404),
+        ("delete", "/api/chats/nope", None, 404),
+        ("patch", "/api/chats/nope", {"title": "x"}, 404),
+        ("get", "/api/chats/nope/messages", None, 404),
+        ("get", "/api/chats/bad%20id", None, 400),
+        ("get", "/api/chats/" + "x" * 65, None, 400),
+        ("patch", "/api/chats/default", {"title": ""}, 400),
+        ("patch", "/api/chats/default", {"title": "t" * 201}, 400),
+        ("patch", "/api/chats/default", {"name": "x"}, 400),
+        ("get", "/api/chats?limit=0", None, 400),
+        ("get", "/api/chats?offset=-1", None, 400),
+        ("post", "/api/chats", None, 405),
+    ]:
+        response = getattr(chats_client, method)(path, json=body, headers=ALICE)
+        assert response.status_code == status, (method, path, response.json)
+        assert response.json["error"]["code"], path
+    assert chats_client.get("/api/chats").status_code == 401
+    for chat_id in ("", "a b", "a/b", "x" * 65, 7, None):
+        response = world.client().post("/api/chat", json={"prompt": "hi", "chat_id": chat_id},
+                                       headers=ALICE)
+        expected = 200 if chat_id is None else 400
+        assert response.status_code == expected, chat_id
+    lease = world.services.state.begin_turn(world.user(), "default")
+    assert chats_client.delete("/api/chats/default", headers=ALICE).status_code == 409
+    world.services.state.release(lease)
+
+
+def test_history_ids_are_the_ids_the_client_saw(world: World):
+    parts = ui_parts(world.client().post("/api/chat", json=use_chat_body("home", "Hi!", "u-1"),
+                                         headers=ALICE).data)
+    answer_id = parts[0]["messageId"]
+    history = [{"id": "u-1", "role": "user", "parts": [{"type": "text", "text": "Hi!"}]},
+               {"id": answer_id, "role": "assistant",
+                "parts": [{"type": "text", "text": "hi there"}]}]
+    parts = ui_parts(world.client().post(
+        "/api/chat", json=use_chat_body("home", "Again", "u-2", history), headers=ALICE).data)
+    shown = world.client(chats.app).get("/api/chats/home/messages", headers=ALICE).json
+    assert [(m["id"], m["role"], m["text"]) for m in shown["messages"]] == [
+        ("u-1", "user", "Hi!"), (answer_id, "assistant", "hi there"),
+        ("u-2", "user", "Again"), (parts[0]["messageId"], "assistant", "hi there")]
+    assert world.sandboxes.runs[-1]["job"]["prompt"] == "Again"  # only the newest is read
+
+
+def test_a_long_use_chat_history_is_accepted_and_only_its_newest_message_read(world: World):
+    history = []
+    for i in range(200):
+        history += [{"id": f"u{i}", "role": "user", "parts": [{"type": "text", "text": "q"}]},
+                    {"id": f"a{i}", "role": "assistant",
+                     "parts": [{"type": "text", "text": "a" * 2500}]}]
+    body = use_chat_body("long", "the newest", "u-new", history)
+    assert len(json.dumps(body)) > 500_000  # 200 turns of 2.5 KB answers
+    response = world.client().post("/api/chat", json=body, headers=ALICE)
+    assert response.status_code == 200 and ui_parts(response.data)[-1]["type"] == "finish"
+    assert world.sandboxes.runs[-1]["job"]["prompt"] == "the newest"
+
+
+def test_regenerate_is_refused_clearly_for_now(world: World):
+    body = {**use_chat_body("home", "Hi!", "u-1"), "trigger": "regenerate-message",
+            "messageId": "msg_x"}
+    response = world.client().post("/api/chat", json=body, headers=ALICE)
+    assert response.status_code == 400 and "regenerate-message" in response.json["error"]["message"]
+    assert world.sandboxes.runs == []
+
+
+def test_the_previous_versions_record_is_the_default_conversation(world: World):
+    seed(world)  # sess-1, under the previous version's record below
+    user = world.user()
+    state = world.services.state
+    old = {"session_id": "sess-1", "sandbox_name": world.user_record().sandbox_name,
+           "turns": 4, "created_at": 1.0, "last_active_at": 2.0}
+    state.redis.delete(state._chat(user, "default"), state._user(user, "chats"))
+    state.redis.set(state._user(user, "rec"), json.dumps(old))
+    listed = world.client(chats.app).get("/api/chats", headers=ALICE).json["chats"]
+    assert [(c["id"], c["turns"], c["session_id"]) for c in listed] == [("default", 4, "sess-1")]
+    assert world.client(session_messages.app).get("/api/session/messages",
+                                                  headers=ALICE).status_code == 200
+    other = world.client().post("/api/chat", json={"prompt": "x", "chat_id": "new"},
+                                headers=ALICE)
+    assert other.status_code == 200  # migrates the old conversation as it commits
+    assert world.stored().turns == 4 and world.stored().session_id == "sess-1"
+    again = world.turn("continue")
+    assert again.json["turn"] == 5 and world.sandboxes.runs[-1]["job"]["resume"] == "sess-1"

@@ -14,10 +14,10 @@ HOUR, DAY = 3600, 24 * 3600
 
 def snapshot(world: World, name: str):
     """Everything stored about a user: record, lock, transcript, sandbox status."""
-    record = world.stored(name)
+    record, owner = world.stored(name), world.user_record(name)
     session = record.session_id if record else None
     transcript = world.transcript(session, name) if session else None
-    status = world.sandboxes.status(record.sandbox_name) if record else None
+    status = world.sandboxes.status(owner.sandbox_name) if owner else None
     return record, world.lock(name), transcript, status
 
 
@@ -46,8 +46,8 @@ def test_idle_stopped_expired_deleted_active_untouched_busy_skipped(world: World
     world.turn("hi", user("busy"))
     clock.advance(2 * DAY)  # old: 15 days (past SESSION_TTL); idle and busy: 2 days
     world.turn("hi", user("active"))
-    old_sandbox = world.stored("old").sandbox_name
-    lease = world.services.state.begin(world.user("busy"))  # busy's turn is running
+    old_sandbox = world.user_record("old").sandbox_name
+    lease = world.services.state.begin_turn(world.user("busy"), "work")  # busy's turn runs
 
     report = world.cron().json
     assert report["expired"] == 1 and report["stopped"] == 1 and report["skipped_busy"] == 1
@@ -56,7 +56,8 @@ def test_idle_stopped_expired_deleted_active_untouched_busy_skipped(world: World
     assert world.sandboxes.status(old_sandbox) is None
     assert world.services.turns.transcripts.list_sessions(world.user("old")) == []
     assert snapshot(world, "idle")[3] == "stopped"
-    assert snapshot(world, "busy")[3] == "running" and world.lock("busy") == lease.token
+    assert snapshot(world, "busy")[3] == "running"
+    assert world.lock("busy", "work") == lease.token
     assert snapshot(world, "active")[3] == "running"
 
     again = world.cron().json  # the stopped sandbox is not stopped twice
@@ -75,7 +76,7 @@ def test_after_cleanup_a_stopped_user_continues_and_an_expired_one_starts_over(
     clock.advance(5 * DAY)
     report = world.cron().json
     assert (report["expired"], report["stopped"]) == (1, 1)  # sam expired, eve stopped
-    assert world.sandboxes.status(world.stored("eve").sandbox_name) == "stopped"
+    assert world.sandboxes.status(world.user_record("eve").sandbox_name) == "stopped"
     eve = world.turn("three", user("eve")).json
     assert eve["turn"] == 3 and world.sandboxes.runs[-1]["job"]["resume"] == eve["session_id"]
     sam = world.turn("again", user("sam")).json
@@ -87,7 +88,7 @@ def test_orphans_are_reconciled(world: World, clock: Clock):
     world.sandboxes.attach(f"{prefix}{'0' * 32}")  # ours, but no session owns it
     world.sandboxes.attach("someone-elses-sandbox")  # not ours: never touched
     world.turn("hi", user("gone"))
-    name = world.stored("gone").sandbox_name
+    name = world.user_record("gone").sandbox_name
     world.sandboxes.destroy(name)  # its sandbox vanished (a record without a sandbox)
     clock.advance(2 * HOUR)
     report = world.cron().json
@@ -120,10 +121,10 @@ def test_a_user_active_again_since_the_index_was_read_is_left_alone(world: World
     due = state.due(state.awake_key, clock() - 900, 0, 10)
     assert due == [world.user("kim")]
     world.turn("again", user("kim"))  # a turn lands between the read and the lock
-    lease = state.begin(world.user("kim"))
+    lease = state.begin_user(world.user("kim"))
     assert world.services.cleanup._stop(lease, clock() - 900).value == "not_due"
-    assert world.sandboxes.status(world.stored("kim").sandbox_name) == "running"
-    assert world.lock("kim") is None
+    assert world.sandboxes.status(world.user_record("kim").sandbox_name) == "running"
+    assert world.lock("kim", None) is None
 
 
 def test_cleanup_and_a_turn_at_the_same_moment_keep_the_turn(world: World, clock: Clock):
@@ -166,3 +167,38 @@ def test_cleanup_and_a_turn_at_the_same_moment_keep_the_turn(world: World, clock
     assert retried.json["session_id"] == session and world.lock("zoe") is None
     prompts = [e["message"]["content"] for e in world.transcript(session, "zoe") if e["type"] == "user"]
     assert prompts == ["one", "two", "three"]
+
+
+def test_conversations_expire_by_their_own_activity_the_user_with_the_last(world: World,
+                                                                          clock: Clock):
+    chat = world.client()
+    chat.post("/api/chat", json={"prompt": "old", "chat_id": "old"}, headers=user("lou"))
+    clock.advance(10 * DAY)
+    chat.post("/api/chat", json={"prompt": "new", "chat_id": "new"}, headers=user("lou"))
+    old_session = world.stored("lou", "old").session_id
+    sandbox = world.user_record("lou").sandbox_name
+    clock.advance(5 * DAY)  # "old": 15 days (past SESSION_TTL), "new": 5 days
+
+    report = world.cron().json
+    assert report["chats_expired"] == 1 and report["expired"] == 0, report
+    assert world.stored("lou", "old") is None and world.transcript(old_session, "lou") is None
+    assert world.stored("lou", "new") is not None
+    assert world.sandboxes.status(sandbox) == "stopped"  # idle: stopped, not destroyed
+
+    clock.advance(10 * DAY)  # now "new" is past it too: the user goes with it
+    report = world.cron().json
+    assert report["chats_expired"] == 1 and report["expired"] == 1, report
+    assert world.user_record("lou") is None and world.sandboxes.status(sandbox) is None
+    assert world.services.turns.transcripts.list_sessions(world.user("lou")) == []
+
+
+def test_a_running_turn_of_any_chat_keeps_the_sandbox_from_being_stopped(world: World,
+                                                                         clock: Clock):
+    world.turn("one", user("ada"))
+    clock.advance(2 * HOUR)
+    lease = world.services.state.begin_turn(world.user("ada"), "another-chat")
+    report = world.cron().json
+    assert report["stopped"] == 0 and report["skipped_busy"] == 1
+    assert world.sandboxes.status(world.user_record("ada").sandbox_name) == "running"
+    world.services.state.release(lease)
+    assert world.cron().json["stopped"] == 1

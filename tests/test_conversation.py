@@ -15,7 +15,7 @@ def text(value: str) -> dict:
     return {"type": "text", "text": value}
 
 
-def test_only_what_people_said_and_read_is_kept():
+def test_only_what_people_said_and_read_is_kept_one_message_per_answer():
     entries = [
         {"type": "queue-operation"},
         user("u1", [text("<system-reminder>ctx</system-reminder>"), text("<div> is a tag?")]),
@@ -29,7 +29,7 @@ def test_only_what_people_said_and_read_is_kept():
         user("u4", "sidechain", isSidechain=True),
     ]
     assert [(m.role, m.text) for m in messages_from(entries)] == [
-        ("user", "<div> is a tag?"), ("assistant", "Yes, it is."), ("assistant", "Separate message.")]
+        ("user", "<div> is a tag?"), ("assistant", "Yes, it is.\n\nSeparate message.")]
 
 
 def test_paging_walks_back_from_the_newest():

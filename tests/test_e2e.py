@@ -20,6 +20,7 @@ from lib.auth import user_hash
 from lib.bootstrap import build
 from lib.devtools.model_server import OfflineModel, user_texts
 from lib.devtools.serving import serve_in_background
+from lib.state import DEFAULT_CHAT
 from tests.conftest import Upstash, make_settings, wait_until
 
 pytestmark = pytest.mark.slow
@@ -111,7 +112,10 @@ def test_the_ui_message_stream_carries_text_as_it_is_produced(serve, slow_model)
     deltas = [p["delta"] for p in decoded if p["type"] == "text-delta"]
     assert len(deltas) > 5
     session = next(p["data"] for p in decoded if p["type"] == "data-session")
-    assert "".join(deltas) == session["text"] and session["turn"] == 1
+    assert "text" not in session and session["turn"] == 1  # the text parts carry the answer
+    shown = httpx.get(f"{dev.url}/api/session/messages", headers={"X-User-Id": "carol"}).json()
+    assert shown["messages"][-1] == {**shown["messages"][-1], "text": "".join(deltas),
+                                     "id": decoded[0]["messageId"]}  # the id the stream gave
     first_delta_at = arrived[names.index("text-delta")]
     assert first_delta_at < app.finished_at[-1]  # seen before the model had finished
 
@@ -137,8 +141,8 @@ def test_two_concurrent_turns_one_runs_one_gets_409(serve, slow_model, upstash_f
     assert busy.json()["error"]["code"] == "turn_in_progress" and busy.headers["Retry-After"]
     settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
     state, user = build(settings).state, user_hash("dave", settings)
-    assert state.lock_holder(user) is None
-    assert state.read(user).turns == 1
+    assert state.lock_holder(user, DEFAULT_CHAT) is None
+    assert state.read_chat(user, DEFAULT_CHAT).turns == 1
 
 
 def test_forget_then_start_over(serve, model, tmp_path: Path):
@@ -232,9 +236,10 @@ def test_a_sandbox_stopped_by_the_cron_resumes_the_conversation(serve, model, up
     # Two hours pass: age the record and the indexes as the clock would have.
     settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
     state, user = build(settings).state, user_hash("lena", settings)
-    lease = state.begin(user)
-    aged = dataclasses.replace(lease.record, last_active_at=lease.record.last_active_at - 7200)
-    state.commit(lease, aged)
+    lease = state.begin_turn(user, DEFAULT_CHAT)
+    aged = lease.record.last_active_at - 7200
+    state.commit_turn(lease, dataclasses.replace(lease.record, last_active_at=aged),
+                      dataclasses.replace(lease.chat_record, last_active_at=aged))
     denied = httpx.get(f"{dev.url}/api/cron/cleanup")
     assert denied.status_code == 401
     report = httpx.get(f"{dev.url}/api/cron/cleanup",
@@ -268,7 +273,41 @@ def test_fifty_simultaneous_turns_for_one_user_run_exactly_one(serve, model, ups
     assert statuses == [200] + [409] * 49, [r.text for r in results if r.status_code != 409]
     settings = make_settings(upstash_fakeredis, tmp_path, key_prefix=dev.prefix)
     state, user = build(settings).state, user_hash("mia", settings)
-    assert state.read(user).turns == 1 and state.lock_holder(user) is None
+    assert state.read_chat(user, DEFAULT_CHAT).turns == 1
+    assert state.lock_holder(user, DEFAULT_CHAT) is None
+
+
+def test_two_chats_ten_requests_each_run_one_turn_per_chat(serve, model, upstash_fakeredis,
+                                                           tmp_path: Path):
+    app, server = model
+    dev = serve(server.url, RATE_LIMIT="off")
+    barrier = threading.Barrier(20)
+    results: list[tuple[str, httpx.Response]] = []
+
+    def go(chat_id: str, i: int) -> None:
+        barrier.wait()
+        results.append((chat_id, httpx.post(
+            f"{dev.url}/api/chat", json={"prompt": f"{chat_id} {i}", "chat_id": chat_id},
+            headers={"X-User-Id": "noa"}, timeout=120)))
+
+    threads = [threading.Thread(target=go, args=(c, i)) for c in ("home", "work")
+               for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for chat_id in ("home", "work"):
+        statuses = sorted(r.status_code for c, r in results if c == chat_id)
+        assert statuses == [200] + [409] * 9, [r.text for c, r in results if c == chat_id]
+    sessions = {c: r.json()["session_id"] for c, r in results if r.status_code == 200}
+    assert sessions["home"] != sessions["work"]
+    listed = httpx.get(f"{dev.url}/api/chats", headers={"X-User-Id": "noa"}).json()
+    assert sorted((c["id"], c["turns"]) for c in listed["chats"]) == [("home", 1), ("work", 1)]
+    second = httpx.post(f"{dev.url}/api/chat", json={"prompt": "and now?", "chat_id": "home"},
+                        headers={"X-User-Id": "noa"}, timeout=120).json()
+    assert second["session_id"] == sessions["home"] and second["turn"] == 2
+    seen = requests_ending_with(app, "and now?")[-1]
+    assert len(seen) == 2 and seen[0].startswith("home ")  # work's prompts never reach home
 
 
 def test_twenty_users_in_parallel_each_see_only_their_own_history(serve, model):

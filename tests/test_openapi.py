@@ -7,19 +7,20 @@ import json
 from werkzeug.test import Client
 
 import lib.errors
-from lib.devtools.dev_server import DevServer, exact_rewrites
+from lib.devtools.dev_server import DevServer, rewrites
 from lib.openapi import DOCUMENT, ERROR_CODES
 
 
 def routes() -> dict[str, set[str]]:
-    """Every public path with the methods its function serves. A function reached through a
-    vercel.json rewrite is public at the rewrite's source only."""
-    rewrites = exact_rewrites()
-    hidden = set(rewrites.values())
+    """Every public path with the methods its function serves. A function reached through an
+    exact vercel.json rewrite is public at the rewrite's source only; one reached through a
+    prefix rewrite (`/api/chats/:path*`) at its own path and below."""
+    server = DevServer()
+    hidden = {dest for source, prefix, dest in rewrites() if not prefix and source != dest}
     found: dict[str, set[str]] = {}
-    for path, app in DevServer().functions.items():
+    for path, app in server.functions.items():
         for rule in app.url_map.iter_rules():
-            public = rewrites.get(rule.rule) == path
+            public = rule.rule != path and server.destination(rule.rule) == path
             own = rule.rule == path and path not in hidden
             if rule.endpoint != "static" and (public or own):
                 found.setdefault(rule.rule, set()).update(

@@ -55,7 +55,7 @@ class VercelWorld:
         return len(log.read_text().splitlines()) if log.exists() else 0
 
     def box(self, user_id: str = "alice"):
-        return self.fake.boxes[self.world.stored(user_id).sandbox_name]
+        return self.fake.boxes[self.world.user_record(user_id).sandbox_name]
 
     def turn_counted(self, prompt: str, headers: dict | None = None):
         """A turn, and the Sandbox API requests it made."""
@@ -134,7 +134,7 @@ def test_paths_come_from_the_api_not_the_host(vercel: VercelWorld):
         assert host not in json.dumps(body)
         assert body["cwd"] == "/vercel/sandbox"
         assert not body.get("sudo")  # the image's user (ubuntu, vercel-sandbox) is not root
-    hint = vercel.world.stored().sandbox_hint
+    hint = vercel.world.user_record().sandbox_hint
     assert hint and "/vercel/sandbox" in hint and host not in hint
 
 
@@ -150,7 +150,7 @@ def test_the_model_key_never_enters_the_sandbox(vercel: VercelWorld):
     for path in box.root.rglob("*"):
         if path.is_file():
             assert SECRET_KEY.encode() not in path.read_bytes(), path
-    assert SECRET_KEY not in vercel.world.stored().sandbox_hint
+    assert SECRET_KEY not in vercel.world.user_record().sandbox_hint
 
 
 def test_a_rotated_key_updates_the_network_policy(vercel: VercelWorld):
@@ -277,7 +277,7 @@ def test_a_changed_agent_sdk_is_installed_again(vercel: VercelWorld):
 
 def test_cleanup_stops_and_lists_through_tags(vercel: VercelWorld, clock):
     vercel.world.turn("hi", user("ivy"))
-    name = vercel.world.stored("ivy").sandbox_name
+    name = vercel.world.user_record("ivy").sandbox_name
     backend = vercel.world.services.turns.sandboxes
     assert [info.name for info in backend.list()] == [name]
     clock.advance(2 * 3600)

@@ -11,10 +11,11 @@ import pytest
 from flask import Flask
 from werkzeug.test import Client
 
-from api import chat, health, session, session_messages
+from api import chat, chats, health, session, session_messages
 from api.cron import cleanup
 from lib.auth import user_hash
 from lib.bootstrap import Services, build
+from lib.state import DEFAULT_CHAT
 from tests.conftest import Upstash, make_settings
 from tests.fakes import FakeSandboxBackend, Script, line, mirror, ok_result
 
@@ -45,7 +46,7 @@ class World:
         self.services = services
         self.sandboxes = sandboxes
         self.apps: list[Flask] = [chat.app, session.app, health.app, session_messages.app,
-                                  cleanup.app]
+                                  chats.app, cleanup.app]
         for app in self.apps:
             app.config["SERVICES"] = services
 
@@ -58,11 +59,16 @@ class World:
     def user(self, user_id: str = "alice") -> str:
         return user_hash(user_id, self.services.settings)
 
-    def stored(self, user_id: str = "alice"):
-        return self.services.state.read(self.user(user_id))
+    def stored(self, user_id: str = "alice", chat: str = DEFAULT_CHAT):
+        """The chat's record (None before its first turn)."""
+        return self.services.state.read_chat(self.user(user_id), chat)
 
-    def lock(self, user_id: str = "alice"):
-        return self.services.state.lock_holder(self.user(user_id))
+    def user_record(self, user_id: str = "alice"):
+        return self.services.state.read_user(self.user(user_id))[0]
+
+    def lock(self, user_id: str = "alice", chat: str | None = DEFAULT_CHAT):
+        """Who holds the chat's turn lock (chat None: the user lock)."""
+        return self.services.state.lock_holder(self.user(user_id), chat)
 
     def transcript(self, session_id: str = "sess-1", user_id: str = "alice"):
         return self.services.turns.transcripts.load(

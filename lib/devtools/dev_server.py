@@ -49,11 +49,19 @@ def _not_found(environ: dict, start_response: Callable) -> list[bytes]:
     return [body]
 
 
-def exact_rewrites(root: Path = ROOT) -> dict[str, str]:
-    """vercel.json's rewrites whose source is a plain path (the only kind this project uses)."""
+def rewrites(root: Path = ROOT) -> list[tuple[str, bool, str]]:
+    """vercel.json's rewrites as (source, is a prefix, destination): a plain path, or a path
+    ending in `/:name*` (the two kinds this project uses)."""
     config = json.loads((root / "vercel.json").read_text())
-    return {r["source"]: r["destination"] for r in config.get("rewrites", [])
-            if ":" not in r["source"] and "(" not in r["source"]}
+    found = []
+    for rule in config.get("rewrites", []):
+        source, prefix = rule["source"], False
+        if source.rsplit("/", 1)[-1].startswith(":") and source.endswith("*"):
+            source, prefix = source.rsplit("/", 1)[0] + "/", True
+        if ":" in source or "(" in source:
+            raise ValueError(f"the dev server cannot apply the rewrite {rule['source']!r}")
+        found.append((source, prefix, rule["destination"]))
+    return found
 
 
 class DevServer:
@@ -62,12 +70,18 @@ class DevServer:
 
     def __init__(self, root: Path = ROOT) -> None:
         self.functions = discover_functions(root)
-        self.rewrites = exact_rewrites(root)
+        self.rewrites = rewrites(root)
         self.static = SharedDataMiddleware(_not_found, {"/": str(root / "public")})
+
+    def destination(self, path: str) -> str:
+        for source, prefix, destination in self.rewrites:
+            if path == source or (prefix and path.startswith(source)):
+                return destination
+        return path
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
-        app = self.functions.get(self.rewrites.get(path, path))
+        app = self.functions.get(self.destination(path))
         if app is not None:
             return app(environ, start_response)
         if path == "/":

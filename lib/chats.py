@@ -1,0 +1,100 @@
+"""A user's conversations (chats, named by the client as `useChat` names them): list them,
+show, rename and delete one, read its messages. Turns themselves are `turns.py`.
+
+Titles: the one the user gave (PATCH), else the session's title from the transcript store's
+summaries (e.g. a title the CLI generated), else the chat's first prompt, shortened.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lib.auth import user_hash
+from lib.config import Settings
+from lib.conversation import Message, messages_from
+from lib.errors import InvalidRequest
+from lib.state import ChatRecord, StateStore
+from lib.transcripts import TranscriptStore
+
+CHAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TITLE = 200
+
+
+def chat_id(raw: object) -> str:
+    """A client-chosen chat id, checked: 1-64 letters, digits, `-` or `_`."""
+    if not isinstance(raw, str) or not CHAT_ID.fullmatch(raw):
+        raise InvalidRequest("a chat id is 1-64 characters: letters, digits, '-' and '_'")
+    return raw
+
+
+@dataclass(frozen=True)
+class ChatView:
+    id: str
+    title: str
+    created_at: float
+    last_active_at: float
+    turns: int
+    session_id: str
+
+
+class Chats:
+    def __init__(self, settings: Settings, state: StateStore,
+                 transcripts: TranscriptStore) -> None:
+        self.settings = settings
+        self.state = state
+        self.transcripts = transcripts
+
+    def _user(self, user_id: str) -> str:
+        return user_hash(user_id, self.settings)
+
+    @staticmethod
+    def _view(chat: str, record: ChatRecord, summary_title: str | None = None) -> ChatView:
+        title = record.title or summary_title or record.first_prompt or "New conversation"
+        return ChatView(chat, title, record.created_at, record.last_active_at, record.turns,
+                        record.session_id)
+
+    def list(self, user_id: str, offset: int, limit: int) -> tuple[list[ChatView], int]:
+        """A page of the user's chats, newest activity first, and how many there are."""
+        page, total = self.state.list_chats(self._user(user_id), offset, limit)
+        return [self._view(chat, record) for chat, record in page], total
+
+    def get(self, user_id: str, chat: str) -> ChatView | None:
+        record = self.state.read_chat(self._user(user_id), chat)
+        return self._view(chat, record) if record else None
+
+    def rename(self, user_id: str, chat: str, title: object) -> ChatView | None:
+        if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
+            raise InvalidRequest(f'"title" must be a non-empty string of at most {MAX_TITLE} '
+                                 "characters")
+        if not self.state.rename_chat(self._user(user_id), chat, " ".join(title.split())):
+            return None
+        return self.get(user_id, chat)
+
+    def delete(self, user_id: str, chat: str) -> bool:
+        """Delete one conversation: its transcript and its entry; the sandbox stays. False when
+        there is none; TurnInProgress while one of its turns runs."""
+        lease = self.state.begin_turn(self._user(user_id), chat)
+        if lease.chat_record is None:
+            self.state.release(lease)
+            return False
+        try:
+            self.transcripts.delete({"project_key": lease.user,
+                                     "session_id": lease.chat_record.session_id})
+        except BaseException:
+            self.state.release(lease)
+            raise
+        self.state.forget_chat(lease)
+        return True
+
+    def messages(self, user_id: str, chat: str) -> list[Message] | None:
+        """The chat's messages, from the durable transcript (not the sandbox), with the ids the
+        client saw when it sent and streamed them."""
+        user = self._user(user_id)
+        record = self.state.read_chat(user, chat)
+        if record is None:
+            return None
+        entries = self.transcripts.load({"project_key": user, "session_id": record.session_id})
+        ids = self.state.message_ids(user, chat)
+        return [Message(ids.get(m.id, m.id), m.role, m.text, m.created_at)
+                for m in messages_from(entries or [])]
