@@ -5,6 +5,8 @@ messageId}`: `id` names the chat, the newest user message is the prompt and its 
 that message's id; the server owns the history, earlier messages are not read). Without a chat
 id the turn goes to the `default` conversation. The answer is the AI SDK UI message stream when
 the client asks for `text/event-stream` or sends a `useChat` body, else one JSON object.
+`trigger: "regenerate-message"` (useChat's `regenerate()`) answers the newest prompt again: the
+conversation is rewound to before its answer, which the model no longer sees.
 """
 
 from flask import Response, request
@@ -46,9 +48,9 @@ def newest_user_message(body: dict) -> tuple[str, str | None]:
 def chat() -> Response:
     svc, user_id = current()
     body = json_body(svc.settings.max_body_bytes)
-    if body.get("trigger", "submit-message") != "submit-message":
-        raise InvalidRequest(f'trigger {body.get("trigger")!r} is not supported; send '
-                             '"submit-message"')
+    trigger = body.get("trigger", "submit-message")
+    if trigger not in ("submit-message", "regenerate-message"):
+        raise InvalidRequest('"trigger" must be "submit-message" or "regenerate-message"')
     prompt, message_id = newest_user_message(body)
     if len(prompt) > svc.settings.max_prompt_chars:
         raise PayloadTooLarge(f'"prompt" is over {svc.settings.max_prompt_chars} characters')
@@ -56,7 +58,8 @@ def chat() -> Response:
     chat = DEFAULT_CHAT if named is None else chat_id(named)
     options = for_turn(svc.settings.agent, body.get("options"), svc.settings.client_options,
                        svc.settings.max_prompt_chars)
-    turn = svc.turns.start(user_id, prompt, options, chat, message_id)
+    turn = svc.turns.start(user_id, prompt, options, chat, message_id,
+                           regenerate=trigger == "regenerate-message")
     wants_stream = request.accept_mimetypes.best_match(
         ["application/json", "text/event-stream"]) == "text/event-stream"
     if wants_stream or "messages" in body:

@@ -38,13 +38,52 @@ def shorten(text: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
+def current_branch(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries of the conversation as it stands: a rewound session (a regenerated answer)
+    keeps the abandoned branch in its transcript, so follow `parentUuid` back from the newest
+    entry of the main chain. A transcript without parent links is taken as it is."""
+    entries = list(entries)
+    by_uuid = {e["uuid"]: e for e in entries if isinstance(e.get("uuid"), str)}
+    if not any("parentUuid" in e for e in entries):
+        return entries
+    leaf = next((e for e in reversed(entries)
+                 if isinstance(e.get("uuid"), str) and not e.get("isSidechain")), None)
+    branch: list[Entry] = []
+    seen: set[str] = set()
+    while leaf is not None and leaf["uuid"] not in seen:
+        seen.add(leaf["uuid"])
+        branch.append(leaf)
+        parent = leaf.get("parentUuid") or leaf.get("logicalParentUuid")
+        leaf = by_uuid.get(parent) if isinstance(parent, str) else None
+    return branch[::-1]
+
+
+def _is_prompt(entry: Entry) -> bool:
+    body = entry.get("message") or {}
+    return (entry.get("type") == "user" and not entry.get("isMeta")
+            and any(t.strip() and not _INJECTED.match(t) for t in _texts(body.get("content"))))
+
+
+def rewind_point(entries: Iterable[Entry]) -> tuple[str | None, str] | None:
+    """To answer the newest prompt again: (the uuid to resume at, the newest prompt's uuid,
+    whose turn is dropped). The first is None when that prompt opened the conversation (start
+    over); None altogether when there is no prompt."""
+    branch = current_branch(entries)
+    for index in range(len(branch) - 1, -1, -1):
+        if _is_prompt(branch[index]) and isinstance(branch[index].get("uuid"), str):
+            keep = next((e["uuid"] for e in reversed(branch[:index])
+                         if isinstance(e.get("uuid"), str)), None)
+            return keep, branch[index]["uuid"]
+    return None
+
+
 def messages_from(entries: Iterable[Entry]) -> list[Message]:
     """User prompts and assistant text, in order, one assistant message per answer: the
     streamed pieces of one model message (entries sharing `message.id`) are joined, and so are
     the model messages of one answer (text around tool calls), as a client shows them."""
     messages: list[Message] = []
     last_assistant_id = None
-    for entry in entries:
+    for entry in current_branch(entries):
         kind, body = entry.get("type"), entry.get("message") or {}
         if kind not in ("user", "assistant") or entry.get("isMeta") or entry.get("isSidechain"):
             continue

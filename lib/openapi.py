@@ -69,7 +69,8 @@ DOCUMENT: dict[str, Any] = {
                     "messages": {"type": "array", "description": "useChat's UI messages: the "
                                  "newest user message's text parts are the prompt, its `id` "
                                  "that message's id; earlier messages are not read"},
-                    "trigger": {"type": "string", "enum": ["submit-message"]},
+                    "trigger": {"type": "string",
+                                "enum": ["submit-message", "regenerate-message"]},
                     "options": {"type": "object", "description": "only keys in CLIENT_OPTIONS"},
                 },
                 "description": "`prompt` (with `chat_id`) or a useChat body (`id`, `messages`); "

@@ -21,7 +21,7 @@ from typing import Any
 from lib import logs
 from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
-from lib.conversation import messages_from, shorten
+from lib.conversation import messages_from, rewind_point, shorten
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
 from lib.launcher import Launcher
@@ -65,14 +65,17 @@ class TurnService:
         self.launcher = Launcher(settings)
 
     def start(self, user_id: str, prompt: str, options: AgentOptions | None = None,
-              chat: str = DEFAULT_CHAT, user_message_id: str | None = None) -> Turn:
+              chat: str = DEFAULT_CHAT, user_message_id: str | None = None,
+              regenerate: bool = False) -> Turn:
         """Count the turn against the user's limits (RateLimited), take the chat's lock
-        (TurnInProgress if busy) and load the user's and the chat's records."""
+        (TurnInProgress if busy) and load the user's and the chat's records. `regenerate`:
+        answer the chat's newest prompt again, dropping its answer."""
         user = user_hash(user_id, self.settings)
         self.limits.check(user)
         started = time.perf_counter()
         lease = self.state.begin_turn(user, chat)
-        turn = Turn(self, lease, prompt, options or self.settings.agent, user_message_id)
+        turn = Turn(self, lease, prompt, options or self.settings.agent, user_message_id,
+                    regenerate)
         turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)
         return turn
 
@@ -103,7 +106,8 @@ class TurnService:
 
 class Turn:
     def __init__(self, service: TurnService, lease: Lease, prompt: str,
-                 options: AgentOptions, user_message_id: str | None = None) -> None:
+                 options: AgentOptions, user_message_id: str | None = None,
+                 regenerate: bool = False) -> None:
         self.service = service
         self.lease = lease
         self.prompt = prompt
@@ -113,6 +117,8 @@ class Turn:
         self.user_message_id = user_message_id
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self._message_uuids: dict[str, str] = {}
+        self.regenerate = regenerate
+        self._rewind: dict[str, str] = {}  # resume_at and drops_turn, when answering again
         self._settled = False
         self.sandbox: Sandbox | None = None
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
@@ -180,6 +186,8 @@ class Turn:
         self.sandbox = sandbox
         chat = self.lease.chat_record
         resume = chat.session_id if chat else None
+        if self.regenerate and resume:
+            resume = self._rewound(resume)
         restore = None
         if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
             resume, restore = yield from self._restorable(resume)
@@ -215,15 +223,30 @@ class Turn:
         yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
                        outcome.get("cost_usd"))
 
+    def _rewound(self, session_id: str) -> str | None:
+        """Answer the newest prompt again: resume just before it, dropping its turn (the model
+        no longer sees the dropped answer); start over when it opened the conversation."""
+        entries = self.service.transcripts.load({"project_key": self.lease.user,
+                                                 "session_id": session_id})
+        point = rewind_point(entries or [])
+        if point is None:
+            return session_id  # nothing to drop: a plain turn
+        keep, drop = point
+        if keep is None:
+            return None
+        self._rewind = {"resume_at": keep, "drops_turn": drop}
+        return session_id
+
     def _save(self, session_id: str) -> ChatRecord:
         """Commit the chat and the user record (and release the lock): one more turn of this
         session, or the first of a new one."""
         service, lease = self.service, self.lease
         chat, now = lease.chat_record, service.clock()
         continued = chat is not None and session_id == chat.session_id
+        turns = (chat.turns + (0 if self._rewind else 1)) if continued and chat else 1
         saved = ChatRecord(
             session_id=session_id,
-            turns=chat.turns + 1 if continued and chat else 1,
+            turns=turns,
             created_at=chat.created_at if chat else now,
             last_active_at=now,
             first_prompt=chat.first_prompt if chat and chat.first_prompt else shorten(self.prompt),
@@ -253,7 +276,7 @@ class Turn:
         self, sandbox: Sandbox, resume: str | None, restore: dict | None
     ) -> Iterator[TurnEvent]:
         job = {"prompt": self.prompt, "resume": resume, "restore": restore,
-               "options": self.options.to_job()}
+               "options": self.options.to_job(), **self._rewind}
         with self._timed("run"):
             launcher = self.service.launcher
             argv = launcher.command(sandbox, job, self.lease.token)

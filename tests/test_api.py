@@ -618,12 +618,35 @@ def test_a_long_use_chat_history_is_accepted_and_only_its_newest_message_read(wo
     assert world.sandboxes.runs[-1]["job"]["prompt"] == "the newest"
 
 
-def test_regenerate_is_refused_clearly_for_now(world: World):
-    body = {**use_chat_body("home", "Hi!", "u-1"), "trigger": "regenerate-message",
-            "messageId": "msg_x"}
-    response = world.client().post("/api/chat", json=body, headers=ALICE)
-    assert response.status_code == 400 and "regenerate-message" in response.json["error"]["message"]
-    assert world.sandboxes.runs == []
+def test_regenerate_rewinds_to_before_the_newest_answer(world: World):
+    first = ui_parts(world.client().post("/api/chat", json=use_chat_body("c", "one", "u-1"),
+                                         headers=ALICE).data)
+    ui_parts(world.client().post("/api/chat", json=use_chat_body("c", "two", "u-2"),
+                                 headers=ALICE).data)
+    body = {**use_chat_body("c", "two", "u-2", [
+        {"id": "u-1", "role": "user", "parts": [{"type": "text", "text": "one"}]},
+        {"id": first[0]["messageId"], "role": "assistant", "parts": []}]),
+        "trigger": "regenerate-message", "messageId": "the-dropped-answer"}
+    parts = ui_parts(world.client().post("/api/chat", json=body, headers=ALICE).data)
+    job = world.sandboxes.runs[-1]["job"]
+    assert (job["prompt"], job["resume"]) == ("two", "sess-1")
+    assert job["resume_at"] == "sess-1-one-a" and job["drops_turn"] == "sess-1-two-u"
+    assert parts[-2:] == [{"type": "finish-step"}, {"type": "finish"}]
+    assert world.stored(chat="c").turns == 2  # the answer was replaced, not added
+
+    response = world.client().post("/api/chat", json={**body, "trigger": "resubmit"},
+                                   headers=ALICE)
+    assert response.status_code == 400 and "trigger" in response.json["error"]["message"]
+
+
+def test_regenerating_the_first_answer_starts_the_conversation_over(world: World):
+    ui_parts(world.client().post("/api/chat", json=use_chat_body("c", "one", "u-1"),
+                                 headers=ALICE).data)
+    body = {**use_chat_body("c", "one", "u-1"), "trigger": "regenerate-message"}
+    ui_parts(world.client().post("/api/chat", json=body, headers=ALICE).data)
+    job = world.sandboxes.runs[-1]["job"]
+    assert job["resume"] is None and "resume_at" not in job
+    assert world.stored(chat="c").turns == 1 and world.stored(chat="c").session_id == "sess-2"
 
 
 def test_the_previous_versions_record_is_the_default_conversation(world: World):

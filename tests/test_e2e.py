@@ -403,3 +403,31 @@ def test_an_idle_warm_agent_exits_and_the_next_turn_starts_another(serve, model,
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what="the idle exit")
     assert warm_agent_pids(tmp_path) == []
     assert chat(dev.url, "back", user="pia").json()["turn"] == 2
+
+
+def test_regenerate_replaces_the_answer_and_the_model_no_longer_sees_it(serve, model):
+    app, server = model
+    dev = serve(server.url)
+    headers = {"X-User-Id": "rita"}
+
+    def send(text: str, message_id: str, trigger: str = "submit-message") -> str:
+        body = {"id": "fruit", "trigger": trigger, "messages": [
+            {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}]}
+        response = httpx.post(f"{dev.url}/api/chat", json=body, headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        parts = [json.loads(block[6:]) for block in response.text.split("\n\n")
+                 if block.startswith("data: {")]
+        assert parts[-1]["type"] == "finish", parts[-3:]
+        return parts[0]["messageId"]
+
+    first = send("Remember plum.", "u-1")
+    send("Which fruit?", "u-2")
+    again = send("Which fruit?", "u-2", "regenerate-message")
+    assert requests_ending_with(app, "Which fruit?")[-1] == ["Remember plum.", "Which fruit?"]
+    shown = httpx.get(f"{dev.url}/api/chats/fruit/messages", headers=headers).json()["messages"]
+    assert [(m["id"], m["role"]) for m in shown] == [
+        ("u-1", "user"), (first, "assistant"), ("u-2", "user"), (again, "assistant")]
+    assert httpx.get(f"{dev.url}/api/chats/fruit", headers=headers).json()["turns"] == 2
+    send("And now?", "u-3")  # the conversation goes on from the new answer
+    assert requests_ending_with(app, "And now?")[-1] == [
+        "Remember plum.", "Which fruit?", "And now?"]

@@ -17,6 +17,9 @@ turn whose caller went away (the function's deadline), and exits after AGENT_WAR
 The job travels in the command itself (`--job`, base64 of its JSON: one request per turn), or,
 when too large for an argument (a restore), in a file the runner deletes once read. It is JSON:
 {"prompt": str, "resume": str | null, "cwd": str (default: this process's), "options": {...},
+"resume_at": str | null, "drops_turn": str | null (answer again: resume the session at the
+entry `resume_at`, dropping the turn of the prompt `drops_turn`; the SDK's resume_session_at and
+resume_drops_turn),
 "restore": {"entries": [...], "subkeys": {subpath: [...]}} | null} with options among model,
 system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns. `restore` comes
 when the sandbox lost the transcript: the SDK materialises it from our store's `load`, and it is
@@ -155,6 +158,8 @@ def build_options(job: dict[str, Any], cwd: str, stderr_tail: deque[str],
         os.environ["IS_SANDBOX"] = "1"  # the CLI refuses to bypass permissions as root otherwise
     return ClaudeAgentOptions(
         resume=job.get("resume") or None,
+        resume_session_at=(job.get("resume_at") or None) if job.get("resume") else None,
+        resume_drops_turn=(job.get("drops_turn") or None) if job.get("resume_at") else None,
         cwd=cwd,
         include_partial_messages=True,
         session_store=store,
@@ -301,7 +306,7 @@ class WarmAgent:
         key = json.dumps([cwd, client_options(job)], sort_keys=True)
         resume = job.get("resume")
         warm = self.sessions.get(resume) if resume else None
-        if warm and (warm.key != key or job.get("restore")):
+        if warm and (warm.key != key or job.get("restore") or job.get("resume_at")):
             await self.discard(resume)
             warm = None
         if warm is None:
