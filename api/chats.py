@@ -4,6 +4,8 @@
   GET    /api/chats/{id}             one conversation
   PATCH  /api/chats/{id}             rename it: {"title": ...}
   DELETE /api/chats/{id}             delete it (its transcript and its entry; the sandbox stays)
+  POST   /api/chats/{id}/fork        a new conversation whose history ends at a message:
+                                     {"message_id", "chat_id"?}; answers 201 with it
   GET    /api/chats/{id}/messages    its messages, paged like /api/session/messages
 
 vercel.json rewrites /api/chats/* here; the function sees the original path.
@@ -60,6 +62,17 @@ def delete(chat: str) -> Response:
     if not svc.chats.delete(user_id, chat_id(chat)):
         raise _missing(chat)
     return Response(status=204)
+
+
+@app.post("/api/chats/<chat>/fork")
+def fork(chat: str) -> Response:
+    svc, user_id = current()
+    body = json_body(svc.settings.max_body_bytes)
+    new_chat = None if body.get("chat_id") is None else chat_id(body["chat_id"])
+    view = svc.chats.fork(user_id, chat_id(chat), body.get("message_id"), new_chat)
+    if view is None:
+        raise _missing(chat)
+    return json_response(asdict(view), 201)
 
 
 @app.get("/api/chats/<chat>/messages")

@@ -48,7 +48,7 @@ def build(
         TurnService(settings, state, sandboxes, transcripts,
                     TurnLimits(redis, settings.key_prefix, settings.rate_limit,
                                settings.max_turns_per_day), clock),
-        Chats(settings, state, transcripts),
+        Chats(settings, state, transcripts, clock),
         Cleanup(settings, state, sandboxes, transcripts, clock),
     )
 

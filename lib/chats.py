@@ -1,5 +1,5 @@
 """A user's conversations (chats, named by the client as `useChat` names them): list them,
-show, rename and delete one, read its messages. Turns themselves are `turns.py`.
+show, rename, fork and delete one, read its messages. Turns themselves are `turns.py`.
 
 Titles: the one the user gave (PATCH), else the session's title from the transcript store's
 summaries (e.g. a title the CLI generated), else the chat's first prompt, shortened.
@@ -8,13 +8,17 @@ summaries (e.g. a title the CLI generated), else the chat's first prompt, shorte
 from __future__ import annotations
 
 import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lib.auth import user_hash
 from lib.config import Settings
-from lib.conversation import Message, messages_from
+from lib.conversation import Message, copied_to, history_until, messages_from, prompts_in
 from lib.errors import InvalidRequest
-from lib.state import ChatRecord, StateStore
+from lib.state import ChatRecord, StateStore, UserRecord
 from lib.transcripts import TranscriptStore
 
 CHAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -39,11 +43,12 @@ class ChatView:
 
 
 class Chats:
-    def __init__(self, settings: Settings, state: StateStore,
-                 transcripts: TranscriptStore) -> None:
+    def __init__(self, settings: Settings, state: StateStore, transcripts: TranscriptStore,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.state = state
         self.transcripts = transcripts
+        self.clock = clock
 
     def _user(self, user_id: str) -> str:
         return user_hash(user_id, self.settings)
@@ -86,6 +91,44 @@ class Chats:
             raise
         self.state.forget_chat(lease)
         return True
+
+    def fork(self, user_id: str, chat: str, message_id: object,
+             new_chat: str | None = None) -> ChatView | None:
+        """A new conversation whose history is this one's up to `message_id` (with its answer,
+        when it is a prompt's answer). Only the durable transcript is written, as a new
+        session: its first turn restores it into the sandbox, as after a lost sandbox, and
+        goes on from there (the SDK's fork, done on the stored copy)."""
+        if not isinstance(message_id, str) or not message_id:
+            raise InvalidRequest('"message_id" must name a message of the conversation')
+        user = self._user(user_id)
+        source = self.state.read_chat(user, chat)
+        if source is None:
+            return None
+        entries = self.transcripts.load({"project_key": user, "session_id": source.session_id})
+        ids = self.state.message_ids(user, chat)
+        history = history_until(entries or [], message_id, ids)
+        if history is None:
+            raise InvalidRequest(f"conversation {chat!r} has no message {message_id!r}")
+        name = new_chat or f"fork-{secrets.token_hex(6)}"
+        session = str(uuid.uuid4())
+        copies, renamed = copied_to(history, session)
+        lease = self.state.begin_turn(user, name)
+        try:
+            if lease.chat_record is not None:
+                raise InvalidRequest(f"a conversation {name!r} exists already")
+            self.transcripts.append({"project_key": user, "session_id": session}, copies)
+        except BaseException:
+            self.state.release(lease)
+            raise
+        now = self.clock()
+        title = f"{source.title or source.first_prompt or 'Conversation'} (fork)"
+        record = lease.record or UserRecord(f"{self.settings.sandbox_name_prefix}{user}", now,
+                                            now)
+        self.state.commit_turn(
+            lease, UserRecord(record.sandbox_name, record.created_at, now, record.sandbox_hint),
+            ChatRecord(session, prompts_in(copies), now, now, title, source.first_prompt),
+            {renamed[old]: seen for old, seen in ids.items() if old in renamed})
+        return self.get(user_id, name)
 
     def messages(self, user_id: str, chat: str) -> list[Message] | None:
         """The chat's messages, from the durable transcript (not the sandbox), with the ids the

@@ -4,6 +4,7 @@ text answers, without tool traffic, attachments or bookkeeping entries."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,43 @@ def rewind_point(entries: Iterable[Entry]) -> tuple[str | None, str] | None:
                          if isinstance(e.get("uuid"), str)), None)
             return keep, branch[index]["uuid"]
     return None
+
+
+def history_until(entries: Iterable[Entry], message_id: str,
+                  ids: dict[str, str]) -> list[Entry] | None:
+    """The current branch up to and including the message `message_id` (a client's id from
+    `ids`, transcript uuid -> client id, or a transcript uuid), with all of its answer when it
+    is one; None when there is no such message."""
+    branch = current_branch(entries)
+    starts = {m.id: m for m in messages_from(branch)}
+    target = next((uid for uid, m in starts.items() if ids.get(uid, uid) == message_id), None)
+    if target is None:
+        return None
+    position = next(i for i, e in enumerate(branch) if e.get("uuid") == target)
+    if _is_prompt(branch[position]):
+        return branch[: position + 1]
+    following = next((i for i in range(position + 1, len(branch)) if _is_prompt(branch[i])),
+                     len(branch))
+    return branch[:following]
+
+
+def copied_to(entries: list[Entry], session_id: str) -> tuple[list[Entry], dict[str, str]]:
+    """The entries as another session's (a fork): fresh uuids with the parent links kept, the
+    new session id in each. Returns them and old uuid -> new uuid."""
+    renamed = {e["uuid"]: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{session_id}/{e['uuid']}"))
+               for e in entries if isinstance(e.get("uuid"), str)}
+    copies = []
+    for entry in entries:
+        copy = {**entry, "sessionId": session_id}
+        for field in ("uuid", "parentUuid", "logicalParentUuid"):
+            if isinstance(entry.get(field), str):
+                copy[field] = renamed.get(entry[field])
+        copies.append(copy)
+    return copies, renamed
+
+
+def prompts_in(entries: Iterable[Entry]) -> int:
+    return sum(1 for entry in entries if _is_prompt(entry))
 
 
 def messages_from(entries: Iterable[Entry]) -> list[Message]:

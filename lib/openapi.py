@@ -191,6 +191,16 @@ DOCUMENT: dict[str, Any] = {
                        "responses": {"204": {"description": "Deleted"},
                                      **_errors(400, 401, 404, 409, 503)}},
         },
+        "/api/chats/<chat>/fork": {"post": {
+            "summary": "A new conversation whose history ends at a message", "security": AUTH,
+            "parameters": CHAT,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["message_id"], "properties": {
+                    "message_id": {"type": "string"},
+                    "chat_id": {"$ref": "#/components/schemas/ChatId"}}}}}},
+            "responses": {"201": _json(_ref("Chat"), "The new conversation"),
+                          **_errors(400, 401, 404, 409, 413, 415, 503)},
+        }},
         "/api/chats/<chat>/messages": {"get": {
             "summary": "A conversation's messages, with the ids the client saw",
             "security": AUTH, "parameters": [*CHAT, *MESSAGE_PAGE],

@@ -667,3 +667,32 @@ def test_the_previous_versions_record_is_the_default_conversation(world: World):
     assert world.stored().turns == 4 and world.stored().session_id == "sess-1"
     again = world.turn("continue")
     assert again.json["turn"] == 5 and world.sandboxes.runs[-1]["job"]["resume"] == "sess-1"
+
+
+def test_a_fork_keeps_the_history_up_to_a_message_with_its_ids(world: World):
+    first = ui_parts(world.client().post("/api/chat", json=use_chat_body("c", "one", "u-1"),
+                                         headers=ALICE).data)[0]["messageId"]
+    ui_parts(world.client().post("/api/chat", json=use_chat_body("c", "two", "u-2"),
+                                 headers=ALICE).data)
+    chats_client = world.client(chats.app)
+    forked = chats_client.post("/api/chats/c/fork", json={"message_id": first,
+                                                          "chat_id": "branch"}, headers=ALICE)
+    assert forked.status_code == 201, forked.json
+    assert forked.json["id"] == "branch" and forked.json["turns"] == 1
+    assert forked.json["title"] == "one (fork)"
+    shown = chats_client.get("/api/chats/branch/messages", headers=ALICE).json["messages"]
+    assert [(m["id"], m["text"]) for m in shown] == [("u-1", "one"), (first, "hi there")]
+    stored = world.transcript(forked.json["session_id"])
+    assert {e["sessionId"] for e in stored if "sessionId" in e} <= {forked.json["session_id"]}
+    original = chats_client.get("/api/chats/c/messages", headers=ALICE).json["messages"]
+    assert len(original) == 4  # the source is untouched
+    for body, status in [({"message_id": "nope"}, 400), ({}, 400),
+                         ({"message_id": first, "chat_id": "branch"}, 400),
+                         ({"message_id": first, "chat_id": "bad id"}, 400)]:
+        assert chats_client.post("/api/chats/c/fork", json=body,
+                                 headers=ALICE).status_code == status, body
+    assert chats_client.post("/api/chats/none/fork", json={"message_id": first},
+                             headers=ALICE).status_code == 404
+    generated = chats_client.post("/api/chats/c/fork", json={"message_id": "u-2"},
+                                  headers=ALICE).json
+    assert generated["id"].startswith("fork-") and generated["turns"] == 2

@@ -431,3 +431,27 @@ def test_regenerate_replaces_the_answer_and_the_model_no_longer_sees_it(serve, m
     send("And now?", "u-3")  # the conversation goes on from the new answer
     assert requests_ending_with(app, "And now?")[-1] == [
         "Remember plum.", "Which fruit?", "And now?"]
+
+
+def test_a_fork_goes_on_from_its_message_and_the_source_from_its_own(serve, model):
+    app, server = model
+    dev = serve(server.url)
+    headers = {"X-User-Id": "fay"}
+
+    def send(chat_id: str, text: str) -> dict:
+        response = httpx.post(f"{dev.url}/api/chat", json={"prompt": text, "chat_id": chat_id},
+                              headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    first = send("main", "Remember plum.")
+    send("main", "Remember pear.")
+    forked = httpx.post(f"{dev.url}/api/chats/main/fork", headers=headers,
+                        json={"message_id": first["message_id"], "chat_id": "side"}).json()
+    assert forked["turns"] == 1 and forked["session_id"] != first["session_id"]
+    side = send("side", "Which fruits?")
+    assert side["session_id"] == forked["session_id"] and side["turn"] == 2
+    assert requests_ending_with(app, "Which fruits?")[-1] == ["Remember plum.", "Which fruits?"]
+    send("main", "Which fruits now?")
+    assert requests_ending_with(app, "Which fruits now?")[-1] == [
+        "Remember plum.", "Remember pear.", "Which fruits now?"]
