@@ -59,10 +59,30 @@ def test_a_failed_turn_in_the_stream_is_an_error():
 
 @responses.activate
 def test_show_history_and_reset():
-    responses.get(f"{URL}/api/session", json={"session_id": "s", "turns": 2})
-    responses.get(f"{URL}/api/session/messages?limit=200", json={"messages": [
-        {"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}]})
+    responses.get(f"{URL}/api/session", json={"chats": 1, "turns": 2})
+    responses.get(f"{URL}/api/chats/default/messages?limit=200", json={"messages": [
+        {"id": "u1", "role": "user", "text": "hi"},
+        {"id": "m1", "role": "assistant", "text": "hello"}]})
     responses.delete(f"{URL}/api/session", status=204)
     assert json.loads(run("show")[1])["turns"] == 2
     assert run("history")[1] == "user: hi\nassistant: hello\n"
-    assert run("reset")[:2] == (0, "the conversation is forgotten\n")
+    assert run("history", "--ids")[1] == "[u1] user: hi\n[m1] assistant: hello\n"
+    assert run("reset")[:2] == (0, "every conversation is forgotten\n")
+
+
+@responses.activate
+def test_conversations_are_named_listed_and_forked():
+    responses.post(f"{URL}/api/chat", content_type="text/event-stream", body=stream(
+        {"type": "text-delta", "id": "t", "delta": "ok"}, {"type": "finish"}))
+    responses.get(f"{URL}/api/chats?limit=100", json={"chats": [
+        {"id": "work", "turns": 3, "title": "Plans"}, {"id": "default", "turns": 1,
+                                                       "title": "Hi"}]})
+    responses.get(f"{URL}/api/chats/work", json={"id": "work", "turns": 3})
+    responses.post(f"{URL}/api/chats/work/fork", status=201,
+                   json={"id": "side", "turns": 1, "title": "Plans (fork)"})
+    assert run("--chat", "work", "chat", "hi")[:2] == (0, "ok\n")
+    assert json.loads(responses.calls[0].request.body) == {"prompt": "hi", "chat_id": "work"}
+    assert run("chats")[1] == "work\t3 turns\tPlans\ndefault\t1 turns\tHi\n"
+    assert json.loads(run("--chat", "work", "show")[1])["turns"] == 3
+    assert run("--chat", "work", "fork", "m1", "--as", "side")[1] == "side\t1 turns\tPlans (fork)\n"
+    assert json.loads(responses.calls[-1].request.body) == {"message_id": "m1", "chat_id": "side"}

@@ -354,6 +354,14 @@ def test_the_terminal_client_chats_with_the_dev_server(serve, model):
     assert "Earlier you said: 1. 'I like tea.'" in second.stdout
     assert '"turns": 2' in cli("show").stdout
     assert cli("history").stdout.startswith("user: I like tea.\nassistant: ")
+    other = cli("--chat", "work", "chat", "Deadline is Friday.")
+    assert "This is the first thing you said" in other.stdout  # a conversation of its own
+    assert cli("chats").stdout.splitlines()[0].startswith("work\t1 turns\tDeadline is Friday.")
+    first_answer = cli("history", "--ids").stdout.splitlines()[1]
+    assert first_answer.startswith("[msg_")
+    forked = cli("fork", first_answer[1:first_answer.index("]")], "--as", "tea")
+    assert forked.returncode == 0 and forked.stdout.startswith("tea\t1 turns"), forked.stderr
+    assert "Earlier you said: 1. 'I like tea.'" in cli("--chat", "tea", "chat", "And?").stdout
     assert cli("reset").returncode == 0 and cli("show").returncode == 1
 
 
