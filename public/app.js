@@ -1,5 +1,7 @@
-// The chat page: no build step. It loads the conversation from /api/session/messages, sends
-// turns to /api/chat and reads the AI SDK UI message stream as it arrives.
+// The chat page: no build step. It lists the conversations (/api/chats), loads the current
+// one's messages, sends turns to /api/chat with its id and reads the AI SDK UI message stream
+// as it arrives. A new conversation is a new client-chosen id: the server starts it on its
+// first turn.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,7 +18,41 @@ function identity() {
 function setStatus(text) { $("status").textContent = text; }
 
 function busy(on) {
-  for (const id of ["send", "reset", "prompt", "load"]) $(id).disabled = on;
+  for (const id of ["send", "reset", "prompt", "load", "new-chat", "rename", "delete"]) {
+    $(id).disabled = on;
+  }
+}
+
+const newId = () => `c-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+let current = stored("chat") || newId();
+let known = [];  // the conversations the server has, newest first
+
+function choose(id) {
+  current = id;
+  localStorage.setItem("chat", id);
+  const chat = known.find((c) => c.id === id);
+  $("chat-title").textContent = chat ? chat.title : "New conversation";
+  for (const button of $("chat-list").querySelectorAll("button")) {
+    button.setAttribute("aria-current", String(button.dataset.id === id));
+  }
+}
+
+async function loadChats() {
+  const response = await fetch("/api/chats?limit=100", { headers: identity() });
+  if (!response.ok) return setStatus(await errorOf(response));
+  known = (await response.json()).chats;
+  $("chat-list").replaceChildren(...known.map((chat) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = chat.id;
+    button.textContent = chat.title;
+    button.title = `${chat.title} (${chat.turns} turns)`;
+    button.addEventListener("click", () => { choose(chat.id); loadHistory(); });
+    item.appendChild(button);
+    return item;
+  }));
+  choose(current);
 }
 
 function addMessage(role, text) {
@@ -40,7 +76,8 @@ async function errorOf(response) {
 async function loadHistory() {
   $("messages").replaceChildren();
   setStatus("loading…");
-  const response = await fetch("/api/session/messages?limit=200", { headers: identity() });
+  const url = `/api/chats/${encodeURIComponent(current)}/messages?limit=200`;
+  const response = await fetch(url, { headers: identity() });
   if (response.status === 404) return setStatus("ready");
   if (!response.ok) return setStatus(await errorOf(response));
   const body = await response.json();
@@ -77,7 +114,7 @@ async function send(prompt) {
     const response = await fetch("/api/chat", {
       method: "POST",
       headers: { ...identity(), "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({ prompt }),
+      body: JSON.stringify({ prompt, chat_id: current }),
     });
     if (!response.ok) {
       answer.classList.add("error");
@@ -103,6 +140,7 @@ async function send(prompt) {
     answer.classList.add("error");
     answer.textContent = `network error: ${error}`;
   } finally {
+    await loadChats();
     busy(false);
     if ($("status").textContent === "thinking…") setStatus("ready");
     $("prompt").focus();
@@ -124,11 +162,45 @@ $("prompt").addEventListener("keydown", (event) => {
   }
 });
 
+$("new-chat").addEventListener("click", () => {
+  choose(newId());
+  $("messages").replaceChildren();
+  setStatus("new conversation");
+  $("prompt").focus();
+});
+
+$("rename").addEventListener("click", async () => {
+  const title = prompt("A new title for this conversation:", $("chat-title").textContent);
+  if (!title || !title.trim()) return;
+  const response = await fetch(`/api/chats/${encodeURIComponent(current)}`, {
+    method: "PATCH",
+    headers: { ...identity(), "Content-Type": "application/json" },
+    body: JSON.stringify({ title }),
+  });
+  if (!response.ok) return setStatus(await errorOf(response));
+  await loadChats();
+  setStatus("renamed");
+});
+
+$("delete").addEventListener("click", async () => {
+  if (!confirm("Delete this conversation?")) return;
+  const response = await fetch(`/api/chats/${encodeURIComponent(current)}`,
+                               { method: "DELETE", headers: identity() });
+  if (!response.ok && response.status !== 404) return setStatus(await errorOf(response));
+  known = known.filter((c) => c.id !== current);
+  choose(known.length ? known[0].id : newId());
+  await loadChats();
+  await loadHistory();
+  setStatus("deleted");
+});
+
 $("reset").addEventListener("click", async () => {
-  if (!confirm("Forget this conversation and start a new one?")) return;
+  if (!confirm("Forget every conversation?")) return;
   const response = await fetch("/api/session", { method: "DELETE", headers: identity() });
   if (!response.ok) return setStatus(await errorOf(response));
   $("messages").replaceChildren();
+  choose(newId());
+  await loadChats();
   setStatus("new conversation");
 });
 
@@ -136,8 +208,13 @@ for (const id of ["token", "user"]) {
   $(id).value = stored(id);
   $(id).addEventListener("change", () => localStorage.setItem(id, $(id).value.trim()));
 }
-$("load").addEventListener("click", loadHistory);
+async function loadAll() {
+  await loadChats();
+  await loadHistory();
+}
+
+$("load").addEventListener("click", loadAll);
 if (stored("token") || stored("user")) {
   $("identity").open = false;
-  loadHistory();
+  loadAll();
 }

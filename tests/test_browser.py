@@ -1,5 +1,6 @@
 """The chat page in real headless Chromium (Debian's chromium + chromedriver, driven by
-Selenium): two streamed answers, a reload that shows the history, a new conversation."""
+Selenium): two streamed answers, a reload that shows the history, a second conversation with a
+memory of its own, switching, renaming, deleting, forgetting everything."""
 
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ def test_chat_page_streams_answers_and_keeps_history(browser, start_dev_server, 
         wait.until(lambda _: len(bubbles()) == count and bubbles()[-1][1]
                    and browser.find_element(By.ID, "status").text == "ready")
 
+    def chat_list() -> list[tuple[str, bool]]:
+        return [tuple(pair) for pair in browser.execute_script(
+            "return [...document.querySelectorAll('#chat-list button')]"
+            ".map(e => [e.innerText, e.getAttribute('aria-current') === 'true'])")]
+
+    def click(element_id: str) -> None:
+        browser.find_element(By.ID, element_id).click()
+
     browser.get(dev.url)
     browser.find_element(By.ID, "user").send_keys("web-user", Keys.TAB)
     say("My favourite colour is green.", 2)
@@ -64,18 +73,36 @@ def test_chat_page_streams_answers_and_keeps_history(browser, start_dev_server, 
     shown = bubbles()
     assert [role for role, _ in shown] == ["user", "assistant", "user", "assistant"]
     assert "Earlier you said: 1. 'My favourite colour is green.'" in shown[3][1]
+    assert chat_list() == [("My favourite colour is green.", True)]
     browser.save_screenshot(str(tmp_path / "chat.png"))
 
-    browser.refresh()  # the page keeps the user id; the conversation comes from the server
+    browser.refresh()  # the page keeps the user id and the conversation; the server has it
     wait.until(lambda _: len(bubbles()) == 4)
     assert bubbles() == shown
 
-    browser.find_element(By.ID, "reset").click()
+    click("new-chat")  # a second conversation remembers only its own
+    wait.until(lambda _: bubbles() == [])
+    say("Hello again.", 2)
+    assert "This is the first thing you said." in bubbles()[1][1]
+    wait.until(lambda _: len(chat_list()) == 2)
+    assert chat_list() == [("Hello again.", True), ("My favourite colour is green.", False)]
+
+    browser.find_element(By.CSS_SELECTOR, "#chat-list li:nth-child(2) button").click()
+    wait.until(lambda _: bubbles() == shown)  # switched back: its history
+    click("rename")
+    browser.switch_to.alert.send_keys("Colours")
     browser.switch_to.alert.accept()
-    wait.until(lambda _: bubbles() == [] and "new conversation" in
+    wait.until(lambda _: ("Colours", True) in chat_list())
+    assert browser.find_element(By.ID, "chat-title").text == "Colours"
+
+    click("delete")
+    browser.switch_to.alert.accept()
+    wait.until(lambda _: chat_list() == [("Hello again.", True)] and len(bubbles()) == 2)
+
+    click("reset")  # forget everything
+    browser.switch_to.alert.accept()
+    wait.until(lambda _: bubbles() == [] and chat_list() == [] and "new conversation" in
                browser.find_element(By.ID, "status").text)
     browser.refresh()
     wait.until(lambda _: browser.find_element(By.ID, "status").text == "ready")
-    assert bubbles() == []
-    say("Hello again.", 2)
-    assert "This is the first thing you said." in bubbles()[1][1]
+    assert bubbles() == [] and chat_list() == []
