@@ -696,3 +696,18 @@ def test_a_fork_keeps_the_history_up_to_a_message_with_its_ids(world: World):
     generated = chats_client.post("/api/chats/c/fork", json={"message_id": "u-2"},
                                   headers=ALICE).json
     assert generated["id"].startswith("fork-") and generated["turns"] == 2
+
+
+def test_a_warm_turn_of_any_chat_costs_the_same_four_redis_round_trips(
+        world: World, upstash_fakeredis: Upstash):
+    """Rate limit, lock+load, one transcript batch, save+release: as with one conversation."""
+    counts = {}
+    for chat_id in ("default", "work"):
+        world.client().post("/api/chat", json={"prompt": "first", "chat_id": chat_id},
+                            headers=ALICE)
+        before = upstash_fakeredis.app.round_trips
+        response = world.client().post("/api/chat", json={"prompt": "warm", "chat_id": chat_id},
+                                       headers=ALICE)
+        assert response.status_code == 200 and response.json["turn"] == 2
+        counts[chat_id] = upstash_fakeredis.app.round_trips - before
+    assert counts == {"default": 4, "work": 4}

@@ -336,3 +336,32 @@ def test_the_smoke_tests_key_scan_finds_a_planted_key(vercel: VercelWorld):
     (vercel.box().root / "work" / "leak.txt").write_text(f"oops {SECRET_KEY} oops")
     found = scan_for_key(services, "alice", SECRET_KEY, ())
     assert len(found) == 1 and found[0].startswith("file ") and found[0].endswith("leak.txt")
+
+
+def test_two_conversations_a_regenerate_and_a_fork_in_one_sandbox(vercel: VercelWorld, model):
+    from api import chats
+
+    client, headers = vercel.world.client(), {"X-User-Id": "alice"}
+
+    def send(chat_id: str, text: str, trigger: str = "submit-message") -> dict:
+        body = {"id": chat_id, "trigger": trigger, "messages": [
+            {"id": f"u-{text}", "role": "user", "parts": [{"type": "text", "text": text}]}]}
+        response = client.post("/api/chat", json=body, headers=headers)
+        parts = [json.loads(b[6:]) for b in response.get_data(as_text=True).split("\n\n")
+                 if b.startswith("data: {")]
+        assert parts[-1]["type"] == "finish", parts[-3:]
+        return parts[0]
+
+    first = send("a", "Remember plum.")
+    send("b", "Remember pear.")
+    send("a", "Which fruit?")
+    assert texts_seen(model, "Which fruit?") == ["Remember plum.", "Which fruit?"]
+    send("a", "Which fruit?", "regenerate-message")
+    assert texts_seen(model, "Which fruit?") == ["Remember plum.", "Which fruit?"]
+    forked = vercel.world.client(chats.app).post(
+        "/api/chats/a/fork", json={"message_id": first["messageId"], "chat_id": "c"},
+        headers=headers)
+    assert forked.status_code == 201, forked.json
+    send("c", "And in the fork?")
+    assert texts_seen(model, "And in the fork?") == ["Remember plum.", "And in the fork?"]
+    assert len({box.name for box in vercel.fake.boxes.values()}) == 1  # one sandbox for all
