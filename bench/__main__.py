@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["turns", "vercel", "cleanup"]
+BENCHMARKS = ["turns", "vercel", "streams", "cleanup"]
 
 
 def main(argv: list[str]) -> int:

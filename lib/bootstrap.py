@@ -19,6 +19,7 @@ from lib.errors import ConfigError
 from lib.limits import TurnLimits
 from lib.sandboxes import SandboxBackend
 from lib.state import StateStore, connect
+from lib.streamlog import StreamLog
 from lib.transcripts import TranscriptStore
 from lib.turns import TurnService
 
@@ -27,6 +28,7 @@ from lib.turns import TurnService
 class Services:
     settings: Settings
     state: StateStore
+    streamlog: StreamLog
     turns: TurnService
     chats: Chats
     cleanup: Cleanup
@@ -39,15 +41,17 @@ def build(
 ) -> Services:
     redis = connect(settings.redis_url, settings.redis_token, settings.redis_timeout)
     state = StateStore(redis, settings.key_prefix, settings.lock_ttl_ms)
+    streamlog = StreamLog(redis, settings.key_prefix)
     if sandboxes is None:
         sandboxes = sandbox_backend(settings)
     transcripts = _transcripts(settings, redis)
     return Services(
         settings,
         state,
+        streamlog,
         TurnService(settings, state, sandboxes, transcripts,
                     TurnLimits(redis, settings.key_prefix, settings.rate_limit,
-                               settings.max_turns_per_day), clock),
+                               settings.max_turns_per_day), streamlog, clock),
         Chats(settings, state, transcripts, clock),
         Cleanup(settings, state, sandboxes, transcripts, clock),
     )

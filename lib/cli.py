@@ -67,27 +67,37 @@ class Client:
         return self._check(requests.post(f"{self.url}{path}", json=body, headers=self.headers,
                                          timeout=60)).json()
 
+    def stop(self, chat: str | None) -> None:
+        """Ask the server to stop the chat's running turn (it keeps what it said)."""
+        self._check(requests.post(f"{self.url}/api/chat/{chat or 'default'}/stop",
+                                  headers=self.headers, timeout=30))
+
     def reset(self) -> None:
         self._check(requests.delete(f"{self.url}/api/session", headers=self.headers, timeout=60))
 
 
 def print_turn(client: Client, prompt: str, out: TextIO, err: TextIO,
                chat: str | None = None) -> bool:
-    """Print the answer as it streams; tools and notices go to `err`. True if it finished."""
+    """Print the answer as it streams; tools and notices go to `err`. True if it finished.
+    Ctrl-C stops the turn on the server too (what the agent said so far is kept there)."""
     finished = False
-    for part in client.chat(prompt, chat):
-        kind = part.get("type")
-        if kind == "text-delta":
-            out.write(part["delta"])
-            out.flush()
-        elif kind == "tool-input-available":
-            err.write(f"\n[tool {part.get('toolName')}]\n")
-        elif kind == "data-notice":
-            err.write(f"\n[{part['data']['code']}] {part['data']['message']}\n")
-        elif kind == "data-error":
-            err.write(f"\nerror: {part['data']['code']}: {part['data']['message']}\n")
-        elif kind == "finish":
-            finished = True
+    try:
+        for part in client.chat(prompt, chat):
+            kind = part.get("type")
+            if kind == "text-delta":
+                out.write(part["delta"])
+                out.flush()
+            elif kind == "tool-input-available":
+                err.write(f"\n[tool {part.get('toolName')}]\n")
+            elif kind == "data-notice":
+                err.write(f"\n[{part['data']['code']}] {part['data']['message']}\n")
+            elif kind == "data-error":
+                err.write(f"\nerror: {part['data']['code']}: {part['data']['message']}\n")
+            elif kind == "finish" and part.get("finishReason") != "error":
+                finished = True
+    except KeyboardInterrupt:
+        client.stop(chat)
+        err.write("\n[stopped: what the agent said so far is kept]\n")
     out.write("\n")
     return finished
 

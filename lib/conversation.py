@@ -11,9 +11,11 @@ from typing import Any
 
 from lib.transcripts import Entry
 
-# Text blocks the CLI injects into user turns; a person's own prompt may still start with "<".
-_INJECTED = re.compile(r"^\s*<(system-reminder|command-name|command-message|command-args|"
-                       r"local-command-stdout|local-command-stderr)>")
+# Text blocks the CLI injects into user turns (a person's own prompt may still start with "<"),
+# and the mark it leaves when a turn is interrupted (the user's stop).
+_INJECTED = re.compile(r"^\s*(<(system-reminder|command-name|command-message|command-args|"
+                       r"local-command-stdout|local-command-stderr)>"
+                       r"|\[Request interrupted by user[^\]]*\]\s*$)")
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.details: dict[str, str] = {}  # more for the client, e.g. the running turn's URLs
         if code:
             self.code = code
 
     def to_json(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
 
 
 class ConfigError(ServiceError):

@@ -1,5 +1,5 @@
 """What a turn reports as it runs, in order: deltas and tool activity, then one TurnDone or
-one TurnFailed. `streaming.py` encodes these for the wire."""
+one TurnFailed (or TurnStopped). `streaming.py` encodes these for the wire."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ class TurnDone:
     turn: int
     usage: dict[str, float] = field(default_factory=dict)
     cost_usd: float | None = None
+    # Why the answer ended, as the AI SDK names it: "stop" (it was complete), "length" (the
+    # agent hit its max turns), "other" (the user stopped it).
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -42,4 +45,9 @@ class TurnFailed:
     error: ServiceError
 
 
-TurnEvent = TextDelta | ToolActivity | Notice | TurnDone | TurnFailed
+@dataclass(frozen=True)
+class TurnStopped:
+    """Stopped before the agent began: nothing was said, nothing is kept."""
+
+
+TurnEvent = TextDelta | ToolActivity | Notice | TurnDone | TurnFailed | TurnStopped

@@ -152,6 +152,25 @@ DOCUMENT: dict[str, Any] = {
                 **_errors(400, 401, 409, 413, 415, 429, 500, 502, 503, 504),
             },
         }},
+        "/api/chat/<chat>/stream": {"get": {
+            "summary": "The running turn's stream again (useChat resume)", "security": AUTH,
+            "parameters": [*CHAT, {"name": "Last-Event-ID", "in": "header",
+                                   "schema": {"type": "string"},
+                                   "description": "continue after this part"}],
+            "responses": {"200": {"description": "The UI message stream, from the start or "
+                                                 "after Last-Event-ID, until [DONE]",
+                                  "content": {"text/event-stream": {"schema": {
+                                      "type": "string"}}}},
+                          "204": {"description": "No turn runs"},
+                          **_errors(400, 401, 503)},
+        }},
+        "/api/chat/<chat>/stop": {"post": {
+            "summary": "Stop the running turn (it keeps what it said)", "security": AUTH,
+            "parameters": CHAT,
+            "responses": {"202": _json({"type": "object"}, "The turn is stopping"),
+                          "204": {"description": "Nothing runs"},
+                          **_errors(400, 401, 503)},
+        }},
         "/api/session": {
             "get": {"summary": "The caller: their conversations and sandbox", "security": AUTH,
                     "responses": {"200": _json(_ref("Session"), "The record"),

@@ -47,8 +47,10 @@ DEFAULT_CHAT = "default"
 # The first line lets Upstash lock only the script's keys; the local stand-in strips it.
 _KEY_LOCKING = "#!lua flags=allow-key-locking\n"
 
-# KEYS: user lock, busy, chat lock, user record, chat. ARGV: token, lease ms, now ms
+# KEYS: user lock, busy, chat lock, user record, chat, stream log. ARGV: token, lease ms, now ms
 # -> {1, record or "", chat fields...} | {0, pttl, "user" | "chat"}
+# The turn's stream log (streamlog.py) starts here, with the turn's token: no round trip of its
+# own.
 # Taking a lock that already holds our token succeeds, so a retried acquire is idempotent.
 _BEGIN_TURN = _KEY_LOCKING + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -62,6 +64,9 @@ redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[6])
+redis.call('RPUSH', KEYS[6], ARGV[1])
+redis.call('PEXPIRE', KEYS[6], ARGV[2])
 local chat = redis.call('HGETALL', KEYS[5])
 return {1, redis.call('GET', KEYS[4]) or '', unpack(chat)}
 """
@@ -294,7 +299,7 @@ class StateStore:
         record and the chat, in one round trip."""
         token = secrets.token_urlsafe(18)
         keys = [self._user(user, "lock"), self._user(user, "busy"), self._chat(user, chat, "lock"),
-                self._user(user, "rec"), self._chat(user, chat)]
+                self._user(user, "rec"), self._chat(user, chat), self._chat(user, chat, "log")]
         answer = call_safely(
             lambda: self.redis.eval(_BEGIN_TURN, keys,
                                     [token, str(self.lock_ttl_ms), str(self.clock_ms())]),

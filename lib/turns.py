@@ -23,17 +23,27 @@ from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
 from lib.conversation import messages_from, rewind_point, shorten
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
-from lib.events import Notice, TextDelta, ToolActivity, TurnDone, TurnEvent, TurnFailed
+from lib.events import (
+    Notice,
+    TextDelta,
+    ToolActivity,
+    TurnDone,
+    TurnEvent,
+    TurnFailed,
+    TurnStopped,
+)
 from lib.launcher import Launcher
 from lib.limits import TurnLimits
-from lib.sandboxes import Sandbox, SandboxBackend, SandboxStatus
+from lib.sandboxes import Process, Sandbox, SandboxBackend, SandboxStatus
 from lib.state import DEFAULT_CHAT, ChatRecord, Lease, StateStore, UserRecord
+from lib.streamlog import StreamLog
 from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
 
 log = logging.getLogger("agent.turns")
 
 # The backend ends a runner this long after the turn's deadline, should our own kill not land.
 _KILL_MARGIN = 10.0
+STOP_GRACE = 1.5  # seconds the agent has to end a stopped turn before its runner is killed
 
 
 @dataclass(frozen=True)
@@ -54,10 +64,12 @@ class TurnService:
         sandboxes: SandboxBackend,
         transcripts: TranscriptStore,
         limits: TurnLimits,
+        streamlog: StreamLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = state
+        self.streamlog = streamlog
         self.sandboxes = sandboxes
         self.transcripts = transcripts
         self.limits = limits
@@ -121,6 +133,11 @@ class Turn:
         self._rewind: dict[str, str] = {}  # resume_at and drops_turn, when answering again
         self._settled = False
         self.sandbox: Sandbox | None = None
+        self._process: Process | None = None
+        self._stop_asked = threading.Event()
+        # Its stream log (the parts are added by whoever encodes them) and stop watch.
+        self.live = service.streamlog.open(lease.user, lease.chat or DEFAULT_CHAT, lease.token)
+        self.live.on_stop = self.stop
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
         # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
         self.deadline = time.monotonic() + service.settings.turn_timeout
@@ -138,6 +155,18 @@ class Turn:
             raise
         finally:
             self.close()
+
+    def stop(self) -> None:
+        """The user's stop (from any instance, through the stream log): interrupt the agent,
+        which ends the turn with what it said so far; kill the runner if that takes over
+        STOP_GRACE seconds. Safe from another thread."""
+        self._stop_asked.set()
+        process = self._process
+        if process is not None:
+            process.interrupt()
+            timer = threading.Timer(STOP_GRACE, process.kill)
+            timer.daemon = True
+            timer.start()
 
     def close(self) -> None:
         """Release the lock if the turn did not commit. Idempotent."""
@@ -204,6 +233,15 @@ class Turn:
                 resume, restore = yield from self._restorable(resume)
             else:
                 break
+        if outcome["type"] == "stopped":
+            yield Notice("stopped", "the turn was stopped; what the agent said so far is kept")
+            if not outcome["session_id"]:  # stopped before the agent began: nothing to keep
+                self.close()
+                yield TurnStopped()
+                return
+            saved = self._save(outcome["session_id"])
+            yield TurnDone(saved.session_id, outcome["text"], saved.turns, {}, None, "other")
+            return
         if outcome["type"] == "broken":  # its transcript was mirrored as it went: keep it
             self._save(outcome["session_id"])
             raise outcome["error"]
@@ -221,7 +259,8 @@ class Turn:
         usage = {k: v for k, v in (outcome.get("usage") or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
         yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
-                       outcome.get("cost_usd"))
+                       outcome.get("cost_usd"),
+                       "length" if outcome.get("subtype") == "error_max_turns" else "stop")
 
     def _rewound(self, session_id: str) -> str | None:
         """Answer the newest prompt again: resume just before it, dropping its turn (the model
@@ -325,7 +364,11 @@ class Turn:
         result: dict[str, Any] | None = None
         failure: dict[str, Any] | None = None
         session_id: str | None = None
+        said: list[str] = []
         garbage = 0
+        self._process = process
+        if self._stop_asked.is_set():  # asked before the runner started
+            self.stop()
         try:
             for line in process.lines():
                 try:
@@ -335,7 +378,8 @@ class Turn:
                     garbage += 1
                     continue
                 if kind == "text":
-                    yield TextDelta(str(message.get("text", "")))
+                    said.append(str(message.get("text", "")))
+                    yield TextDelta(said[-1])
                 elif kind == "session":
                     session_id = str(message.get("session_id") or "") or None
                 elif kind in ("tool_use", "tool_result"):
@@ -353,8 +397,12 @@ class Turn:
                     return {"type": "broken", "session_id": session_id, "error": error}
                 raise
         finally:
+            self._process = None
             timer.cancel()
             process.kill()
+        if self._stop_asked.is_set() and not timed_out.is_set():
+            return {"type": "stopped", "text": "".join(said),
+                    "session_id": (result or {}).get("session_id") or session_id}
         if timed_out.is_set():
             return {"type": "timeout", "session_id": session_id}
         if failure or result is None:
@@ -362,7 +410,9 @@ class Turn:
                         garbage, failure, process.stderr_tail())
             detail = failure.get("message") if failure else f"the runner exited with status {code}"
             raise AgentFailed(f"the agent could not run: {detail}")
-        if result["type"] == "result" and (result.get("is_error") or not result.get("session_id")):
+        max_turns = result.get("subtype") == "error_max_turns"  # an answer, cut short: "length"
+        if result["type"] == "result" and ((result.get("is_error") and not max_turns)
+                                           or not result.get("session_id")):
             errors = "; ".join(map(str, result.get("errors") or [])) or result.get("text")
             raise AgentFailed(f"the agent reported an error ({result.get('subtype')}): {errors}")
         return result

@@ -21,6 +21,8 @@ function busy(on) {
   for (const id of ["send", "reset", "prompt", "load", "new-chat", "rename", "delete"]) {
     $(id).disabled = on;
   }
+  $("stop").hidden = !on;
+  $("stop").disabled = false;
 }
 
 const newId = () => `c-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
@@ -97,8 +99,9 @@ async function* uiParts(response) {
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      if (!event.startsWith("data: ")) continue;
-      const data = event.slice(6);
+      const line = event.split("\n").find((l) => l.startsWith("data: "));  // after "id: n"
+      if (!line) continue;
+      const data = line.slice(6);
       if (data === "[DONE]") return;
       yield JSON.parse(data);
     }
@@ -142,7 +145,7 @@ async function send(prompt) {
   } finally {
     await loadChats();
     busy(false);
-    if ($("status").textContent === "thinking…") setStatus("ready");
+    if (["thinking…", "stopping…"].includes($("status").textContent)) setStatus("ready");
     $("prompt").focus();
   }
 }
@@ -160,6 +163,16 @@ $("prompt").addEventListener("keydown", (event) => {
     event.preventDefault();
     $("composer").requestSubmit();
   }
+});
+
+// Stop reaches the agent: the server interrupts the turn, keeps what it said, and ends the
+// stream (which this page goes on reading to its end).
+$("stop").addEventListener("click", async () => {
+  $("stop").disabled = true;
+  setStatus("stopping…");
+  const response = await fetch(`/api/chat/${encodeURIComponent(current)}/stop`,
+                               { method: "POST", headers: identity() });
+  if (!response.ok) setStatus(await errorOf(response));
 });
 
 $("new-chat").addEventListener("click", () => {

@@ -46,12 +46,14 @@ class Script:
     started: threading.Event | None = None  # set once the process runs...
     gate: threading.Event | None = None  # ...which then waits for this before its first line
     broken: Exception | None = None  # wait() raises this: the sandbox broke off
+    on_interrupt: list[str] | None = None  # a hanging script's last lines after interrupt()
 
 
 class FakeProcess:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.killed = threading.Event()
+        self.interrupted = threading.Event()
 
     def lines(self) -> Iterator[str]:
         if self.script.started:
@@ -63,7 +65,11 @@ class FakeProcess:
                 return
             yield text
         if self.script.hang:
-            self.killed.wait(30)
+            while not (self.killed.is_set() or (self.interrupted.is_set()
+                                                and self.script.on_interrupt is not None)):
+                self.killed.wait(0.02)
+            if not self.killed.is_set():
+                yield from self.script.on_interrupt or []
 
     def wait(self) -> int:
         if self.script.broken:
@@ -72,6 +78,11 @@ class FakeProcess:
 
     def kill(self) -> None:
         self.killed.set()
+
+    def interrupt(self) -> None:
+        """Like the warm agent: the turn ends with the script's `on_interrupt` lines (a result
+        of a stopped turn), or keeps going when there are none."""
+        self.interrupted.set()
 
     def stderr_tail(self) -> str:
         return self.script.stderr

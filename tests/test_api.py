@@ -4,6 +4,8 @@ and a hand-written fake of the sandbox port, for every input error and runner fa
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,16 @@ from tests.world import ALICE, JSON, SSE, World
 
 
 def ui_parts(body: bytes) -> list[dict]:
-    """The parts of an AI SDK UI message stream; asserts it is well-formed SSE ending in [DONE]."""
+    """The parts of an AI SDK UI message stream; asserts it is well-formed SSE ending in [DONE],
+    each event with its index in the stream log as its `id`."""
     blocks = body.decode().split("\n\n")
-    assert blocks[-2:] == ["data: [DONE]", ""], blocks[-3:]
+    assert blocks[-1] == "" and blocks[-2].endswith("\ndata: [DONE]"), blocks[-3:]
     parts = []
-    for block in blocks[:-2]:
-        assert block.startswith("data: ") and "\n" not in block, block
-        parts.append(json.loads(block[len("data: "):]))
+    for index, block in enumerate(blocks[:-1]):
+        id_line, data = block.split("\n")
+        assert id_line == f"id: {index}" and data.startswith("data: "), block
+        if data != "data: [DONE]":
+            parts.append(json.loads(data[len("data: "):]))
     return parts
 
 
@@ -40,7 +45,8 @@ def test_a_turn_then_a_resumed_turn(world: World):
     assert first.status_code == 200
     assert first.json == {"chat_id": "default", "message_id": first.json["message_id"],
                           "session_id": "sess-1", "text": "hi there", "turn": 1,
-                          "usage": {"input_tokens": 3, "output_tokens": 1}, "cost_usd": 0.001}
+                          "usage": {"input_tokens": 3, "output_tokens": 1}, "cost_usd": 0.001,
+                          "finish_reason": "stop"}
     assert first.json["message_id"].startswith("msg_")
     second = world.turn("two")
     assert second.json["turn"] == 2 and second.json["session_id"] == "sess-1"
@@ -205,8 +211,9 @@ def test_sse_reports_a_failure_as_an_error_part(world: World):
     world.sandboxes.scripts.append(Script([line("text", text="par")], exit_code=1))
     parts = ui_parts(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
     assert kinds(parts) == ["start", "start-step", "text-start", "text-delta", "text-end",
-                            "data-error", "error"]
-    assert parts[-2]["data"]["code"] == "agent_failed" and parts[-1]["errorText"]
+                            "data-error", "error", "finish"]
+    assert parts[-3]["data"]["code"] == "agent_failed" and parts[-2]["errorText"]
+    assert parts[-1] == {"type": "finish", "finishReason": "error"}
     assert world.lock() is None and world.stored() is None
 
 
@@ -426,7 +433,7 @@ def test_a_timed_out_turn_keeps_its_session_and_the_next_turn_continues(world: W
                                            line("text", text="thinking...")], hang=True))
     parts = ui_parts(world.client().post("/api/chat", json={"prompt": "long"}, headers=SSE).data)
     assert parts[3] == {"type": "text-delta", "id": "text-1", "delta": "thinking..."}
-    assert parts[-2]["data"]["code"] == "turn_timeout" and parts[-1]["type"] == "error"
+    assert parts[-3]["data"]["code"] == "turn_timeout" and parts[-2]["type"] == "error"
     assert world.stored().session_id == "sess-9" and world.lock() is None
     world.services.settings.__dict__["turn_timeout"] = 240
     after = world.turn("go on")
@@ -631,7 +638,8 @@ def test_regenerate_rewinds_to_before_the_newest_answer(world: World):
     job = world.sandboxes.runs[-1]["job"]
     assert (job["prompt"], job["resume"]) == ("two", "sess-1")
     assert job["resume_at"] == "sess-1-one-a" and job["drops_turn"] == "sess-1-two-u"
-    assert parts[-2:] == [{"type": "finish-step"}, {"type": "finish"}]
+    assert [p["type"] for p in parts[-2:]] == ["finish-step", "finish"]
+    assert parts[-1]["finishReason"] == "stop" and parts[-1]["messageMetadata"]["turn"] == 2
     assert world.stored(chat="c").turns == 2  # the answer was replaced, not added
 
     response = world.client().post("/api/chat", json={**body, "trigger": "resubmit"},
@@ -711,3 +719,99 @@ def test_a_warm_turn_of_any_chat_costs_the_same_four_redis_round_trips(
         assert response.status_code == 200 and response.json["turn"] == 2
         counts[chat_id] = upstash_fakeredis.app.round_trips - before
     assert counts == {"default": 4, "work": 4}
+
+
+def sse_events(body: bytes) -> list[tuple[int, str]]:
+    """(id, data) of each SSE event."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        if block:
+            id_line, data = block.split("\n")
+            events.append((int(id_line[len("id: "):]), data[len("data: "):]))
+    return events
+
+
+def test_a_finished_turns_stream_is_not_served_again_but_a_reconnect_gets_the_rest(world: World):
+    live = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data
+    events = sse_events(live)
+    stream = world.client().get("/api/chat/default/stream", headers=ALICE)
+    assert stream.status_code == 204  # nothing runs: useChat(resume) must not replay it
+    rest = world.client().get("/api/chat/default/stream",
+                              headers={**ALICE, "Last-Event-ID": "3"})
+    assert rest.status_code == 200 and rest.mimetype == "text/event-stream"
+    assert sse_events(rest.data) == events[4:]  # every part after the last seen, once
+    assert world.client().get("/api/chat/nope/stream", headers=ALICE).status_code == 204
+    assert world.client().get("/api/chat/bad%20id/stream", headers=ALICE).status_code == 400
+
+
+def test_a_second_client_attaching_mid_turn_sees_the_same_parts(world: World):
+    started, gate = threading.Event(), threading.Event()
+    world.sandboxes.scripts.append(Script([line("session", session_id="sess-1"),
+                                           line("text", text="hel"), line("text", text="lo"),
+                                           ok_result("sess-1", "hello")],
+                                          started=started, gate=gate))
+    first: list[bytes] = []
+    turn = threading.Thread(target=lambda: first.append(world.client().post(
+        "/api/chat", json={"prompt": "hi"}, headers=SSE).data))
+    turn.start()
+    assert started.wait(10)
+    second: list[bytes] = []
+    attach = threading.Thread(target=lambda: second.append(world.client().get(
+        "/api/chat/default/stream", headers=ALICE).data))
+    attach.start()
+    time.sleep(0.3)  # the second client is waiting on the log
+    gate.set()
+    turn.join(10)
+    attach.join(10)
+    assert sse_events(second[0]) == sse_events(first[0])
+    assert sse_events(first[0])[-1][1] == "[DONE]"
+
+
+def test_stop_interrupts_the_agent_keeps_what_it_said_and_frees_the_chat(world: World):
+    seed(world)
+    started = threading.Event()
+    world.sandboxes.scripts.append(Script(
+        [line("session", session_id="sess-1"), mirror("sess-1", "long", "once upon"),
+         line("text", text="once upon")], hang=True, started=started,
+        on_interrupt=[line("result", session_id="sess-1", text="", is_error=True,
+                           subtype="error_during_execution", errors=[], usage={},
+                           cost_usd=None, num_turns=1)]))
+    answers: list[bytes] = []
+    turn = threading.Thread(target=lambda: answers.append(world.client().post(
+        "/api/chat", json={"prompt": "long"}, headers=SSE).data))
+    turn.start()
+    assert started.wait(10)
+    busy = world.client().post("/api/chat", json={"prompt": "meanwhile"}, headers=ALICE)
+    assert busy.status_code == 409  # names the running turn, for a client to attach to it
+    assert busy.json["error"]["stream"] == "/api/chat/default/stream"
+    assert busy.json["error"]["stop"] == "/api/chat/default/stop"
+    stopping = world.client().post("/api/chat/default/stop", headers=ALICE)
+    assert stopping.status_code == 202
+    turn.join(10)
+    parts = ui_parts(answers[0])
+    assert {"type": "data-notice", "data": {
+        "code": "stopped", "message": "the turn was stopped; what the agent said so far is kept"}
+    } in parts
+    assert parts[-1]["type"] == "finish" and parts[-1]["finishReason"] == "other"
+    assert world.stored().turns == 2 and world.lock() is None
+    assert "once upon" in [e["message"]["content"][0]["text"] for e in world.transcript()
+                           if e["type"] == "assistant"]
+    assert world.turn("next").status_code == 200  # at once, no 409
+    assert world.client().post("/api/chat/default/stop", headers=ALICE).status_code == 204
+
+
+def test_a_stop_the_agent_ignores_kills_the_runner_and_still_keeps_the_session(world: World):
+    seed(world)
+    started = threading.Event()
+    world.sandboxes.scripts.append(Script(
+        [line("session", session_id="sess-1"), line("text", text="stuck")], hang=True,
+        started=started))
+    answers: list = []
+    turn = threading.Thread(target=lambda: answers.append(world.client().post(
+        "/api/chat", json={"prompt": "long"}, headers=ALICE)))
+    turn.start()
+    assert started.wait(10)
+    assert world.client().post("/api/chat/default/stop", headers=ALICE).status_code == 202
+    turn.join(15)
+    assert answers[0].status_code == 200 and answers[0].json["finish_reason"] == "other"
+    assert answers[0].json["text"] == "stuck" and world.stored().turns == 2

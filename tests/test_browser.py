@@ -106,3 +106,36 @@ def test_chat_page_streams_answers_and_keeps_history(browser, start_dev_server, 
     browser.refresh()
     wait.until(lambda _: browser.find_element(By.ID, "status").text == "ready")
     assert bubbles() == [] and chat_list() == []
+
+
+def test_the_stop_button_reaches_the_agent(browser, start_dev_server, upstash_fakeredis):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lib.devtools.model_server import OfflineModel
+    from lib.devtools.serving import serve_in_background
+
+    slow = serve_in_background(OfflineModel(delay=0.1))  # a word every 100 ms
+    try:
+        dev = start_dev_server(UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
+                               UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
+                               ANTHROPIC_BASE_URL=slow.url, KEY_PREFIX="browser-stop")
+        wait = WebDriverWait(browser, 60)
+        browser.get(dev.url)
+        browser.find_element(By.ID, "user").send_keys("stopper", Keys.TAB)
+        browser.find_element(By.ID, "prompt").send_keys("Tell me a long story.", Keys.ENTER)
+        stop = browser.find_element(By.ID, "stop")
+        wait.until(lambda _: stop.is_displayed() and browser.execute_script(
+            "return document.querySelector('#messages .assistant')?.innerText.length > 0"))
+        stop.click()
+        wait.until(lambda _: "stopped" in browser.find_element(By.ID, "status").text
+                   and not stop.is_displayed())
+        shown = browser.execute_script(
+            "return document.querySelector('#messages .assistant').innerText")
+        assert shown and "(1 user messages so far.)" not in shown  # cut short
+        browser.find_element(By.ID, "prompt").send_keys("Go on.", Keys.ENTER)
+        wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#messages .message")) == 4
+                   and browser.find_element(By.ID, "status").text == "ready")
+    finally:
+        slow.stop()

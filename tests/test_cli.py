@@ -86,3 +86,15 @@ def test_conversations_are_named_listed_and_forked():
     assert json.loads(run("--chat", "work", "show")[1])["turns"] == 3
     assert run("--chat", "work", "fork", "m1", "--as", "side")[1] == "side\t1 turns\tPlans (fork)\n"
     assert json.loads(responses.calls[-1].request.body) == {"message_id": "m1", "chat_id": "side"}
+
+
+@responses.activate
+def test_ctrl_c_stops_the_turn_on_the_server():
+    def interrupted(_request):
+        raise KeyboardInterrupt
+
+    responses.add_callback(responses.POST, f"{URL}/api/chat", callback=interrupted)
+    responses.post(f"{URL}/api/chat/work/stop", status=202, json={"stopping": True})
+    code, _, err = run("--chat", "work", "chat", "hi")
+    assert code == 1 and "[stopped" in err
+    assert responses.calls[-1].request.url == f"{URL}/api/chat/work/stop"

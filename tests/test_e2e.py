@@ -20,6 +20,7 @@ from lib.auth import user_hash
 from lib.bootstrap import build
 from lib.devtools.model_server import OfflineModel, user_texts
 from lib.devtools.serving import serve_in_background
+from lib.devtools.ui_stream import parse_events, post_stream, text_of
 from lib.state import DEFAULT_CHAT
 from tests.conftest import Upstash, make_settings, wait_until
 
@@ -423,8 +424,8 @@ def test_regenerate_replaces_the_answer_and_the_model_no_longer_sees_it(serve, m
             {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}]}
         response = httpx.post(f"{dev.url}/api/chat", json=body, headers=headers, timeout=120)
         assert response.status_code == 200, response.text
-        parts = [json.loads(block[6:]) for block in response.text.split("\n\n")
-                 if block.startswith("data: {")]
+        parts = [json.loads(line[6:]) for line in response.text.splitlines()
+                 if line.startswith("data: {")]
         assert parts[-1]["type"] == "finish", parts[-3:]
         return parts[0]["messageId"]
 
@@ -463,3 +464,49 @@ def test_a_fork_goes_on_from_its_message_and_the_source_from_its_own(serve, mode
     send("main", "Which fruits now?")
     assert requests_ending_with(app, "Which fruits now?")[-1] == [
         "Remember plum.", "Remember pear.", "Which fruits now?"]
+
+
+def test_a_client_that_lost_its_connection_resumes_without_repeats(serve, slow_model):
+    app, model_url = slow_model
+    dev = serve(model_url)
+    headers = {"X-User-Id": "ivo"}
+    chat(dev.url, "warm up", user="ivo")
+    seen = post_stream(None, dev.url, "ivo", "Tell me a story.",
+                       on_event=lambda i, data: '"text-delta"' in data)  # gone after the first
+    rest = httpx.get(f"{dev.url}/api/chat/default/stream", timeout=120,
+                     headers={**headers, "Last-Event-ID": str(seen[-1][0])})
+    assert rest.status_code == 200
+    events = parse_events(rest.text)
+    assert [i for i, _ in seen + events] == list(range(len(seen) + len(events)))
+    assert events[-1][1] == "[DONE]"
+    stored = httpx.get(f"{dev.url}/api/session/messages", headers=headers).json()["messages"]
+    assert text_of(seen + events) == stored[-1]["text"]
+
+
+def test_stop_reaches_the_agent_and_keeps_what_it_said(serve, slow_model):
+    app, model_url = slow_model
+    dev = serve(model_url)
+    headers = {"X-User-Id": "uma"}
+    chat(dev.url, "Remember fig.", user="uma")
+    stopped: list[int] = []
+
+    def stop_at_first_text(_: int, data: str) -> bool:
+        if '"text-delta"' in data and not stopped:
+            stopped.append(httpx.post(f"{dev.url}/api/chat/default/stop",
+                                      headers=headers).status_code)
+        return False
+
+    events = post_stream(None, dev.url, "uma", "Tell me everything you know.", stop_at_first_text)
+    assert stopped == [202]
+    parts = [json.loads(data) for _, data in events if data != "[DONE]"]
+    assert parts[-1]["type"] == "finish" and parts[-1]["finishReason"] == "other"
+    assert any(p["type"] == "data-notice" and p["data"]["code"] == "stopped" for p in parts)
+    said = text_of(events)
+    full = "You said: 'Tell me everything you know.'. Earlier you said"
+    assert said and full not in said  # cut short
+    stored = httpx.get(f"{dev.url}/api/session/messages", headers=headers).json()["messages"]
+    assert stored[-1]["role"] == "assistant" and said.startswith(stored[-1]["text"][:10])
+    after = chat(dev.url, "Which fruit?", user="uma")
+    assert after.status_code == 200 and after.json()["turn"] == 3  # no 409, memory kept
+    seen = [t for body in app.requests if (t := user_texts(body)) and t[-1].endswith("Which fruit?")]
+    assert seen[-1][0] == "Remember fig."  # (the CLI marks the interruption before the prompt)

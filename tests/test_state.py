@@ -93,7 +93,8 @@ def test_no_turn_starts_while_the_user_lock_is_held_and_it_waits_for_turns(store
 def test_acquire_retried_with_the_same_token_is_idempotent(store: StateStore):
     lease = store.begin_turn("u1", "c1")
     keys = [store._user("u1", "lock"), store._user("u1", "busy"),
-            store._chat("u1", "c1", "lock"), store._user("u1", "rec"), store._chat("u1", "c1")]
+            store._chat("u1", "c1", "lock"), store._user("u1", "rec"), store._chat("u1", "c1"),
+            store._chat("u1", "c1", "log")]
     again = store.redis.eval(_BEGIN_TURN, keys, [lease.token, "60000", str(store.clock_ms())])
     assert again[0] == 1
 

@@ -347,8 +347,8 @@ def test_two_conversations_a_regenerate_and_a_fork_in_one_sandbox(vercel: Vercel
         body = {"id": chat_id, "trigger": trigger, "messages": [
             {"id": f"u-{text}", "role": "user", "parts": [{"type": "text", "text": text}]}]}
         response = client.post("/api/chat", json=body, headers=headers)
-        parts = [json.loads(b[6:]) for b in response.get_data(as_text=True).split("\n\n")
-                 if b.startswith("data: {")]
+        parts = [json.loads(line[6:]) for line in response.get_data(as_text=True).splitlines()
+                 if line.startswith("data: {")]
         assert parts[-1]["type"] == "finish", parts[-3:]
         return parts[0]
 

@@ -37,6 +37,8 @@ Every stdout line is one JSON object with a "type":
   error      {"code", "message", "detail"}       the query could not run (exit status 1);
                                                  detail is the CLI's stderr, for logs only
 (and, from the launcher before this program runs: needs_install {"missing"}, exit status 4).
+SIGINT is the user's stop: with --warm the agent interrupts the turn (the CLI keeps what was
+said so far) and its result follows; one-shot, the process ends.
 With AGENT_TRUST_SYSTEM_CA=1 the CLI and Python trust the system CA bundle (see trust_system_ca).
 This program sees no storage credentials: it talks to the function only through its argv, the
 job file and stdout. It depends on nothing but the standard library and claude-agent-sdk.
@@ -51,6 +53,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -252,6 +255,7 @@ class WarmAgent:
     def __init__(self, idle: float) -> None:
         self.idle = idle
         self.sessions: dict[str, WarmSession] = {}
+        self.current: WarmSession | None = None  # the session of the running turn
         self.lock = asyncio.Lock()
         self.last_turn = time.monotonic()
         self.home = os.environ.get("HOME", "")
@@ -279,7 +283,7 @@ class WarmAgent:
             try:
                 job = json.loads(await reader.readline())
                 turn = asyncio.create_task(self.turn(job, out, writer))
-                gone = asyncio.create_task(reader.read())  # EOF: the caller went away
+                gone = asyncio.create_task(self.listen(reader))  # ends: the caller went away
                 done, _ = await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if turn not in done:
                     turn.cancel()
@@ -293,9 +297,18 @@ class WarmAgent:
                     message=f"warm agent: {type(error).__name__}: {error}"[:1000])
             finally:
                 self.last_turn = time.monotonic()
+                self.current = None
                 with contextlib.suppress(Exception):
                     await writer.drain()
                     writer.close()
+
+    async def listen(self, reader: asyncio.StreamReader) -> None:
+        """What the caller says after the job: `interrupt` (the user's stop) interrupts the
+        running turn, which then ends with its result; EOF means the caller went away."""
+        while line := await reader.readline():
+            if line.strip() == b"interrupt" and self.current is not None:
+                with contextlib.suppress(Exception):
+                    await self.current.client.interrupt()
 
     async def turn(self, job: dict[str, Any], out: Emit, writer: asyncio.StreamWriter) -> None:
         from claude_agent_sdk import ClaudeSDKClient
@@ -316,6 +329,7 @@ class WarmAgent:
             warm = WarmSession(key, client, store, tail)
             await client.connect()
         warm.store.emit = out
+        self.current = warm
         finished = None
         try:
             await warm.client.query(job["prompt"])
@@ -384,6 +398,8 @@ def warm_turn(job: dict[str, Any]) -> int | None:
     status = None
     with conn, conn.makefile("rb") as lines:
         conn.sendall(json.dumps({**job, "cwd": job.get("cwd") or os.getcwd()}).encode() + b"\n")
+        # SIGINT is the user's stop: the agent interrupts the turn, which ends with its result.
+        signal.signal(signal.SIGINT, lambda *_: conn.sendall(b"interrupt\n"))
         for line in lines:
             sys.stdout.write(line.decode())
             sys.stdout.flush()

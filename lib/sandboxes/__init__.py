@@ -29,6 +29,10 @@ class Process(Protocol):
         """Stop the process now (idempotent, safe from another thread)."""
         ...
 
+    def interrupt(self) -> None:
+        """Send it SIGINT (the user's stop; safe from another thread; no-op once it ended)."""
+        ...
+
     def stderr_tail(self) -> str:
         """The last part of what the process wrote to stderr, for error messages."""
         ...

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from lib.sandboxes import Attachment, SandboxInfo, SandboxStatus
@@ -63,10 +63,17 @@ class LocalProcess:
 
     def kill(self) -> None:
         """Kill the whole process group: the runner and the CLI it spawned."""
+        self._signal(signal.SIGKILL, os.killpg)
+
+    def interrupt(self) -> None:
+        """SIGINT to the runner only (it relays it to the warm agent, or ends its query)."""
+        self._signal(signal.SIGINT, os.kill)
+
+    def _signal(self, signum: int, send: Callable[[int, int], None]) -> None:
         with self._kill_lock:
             if self._popen.poll() is None:
                 try:
-                    os.killpg(self._popen.pid, signal.SIGKILL)
+                    send(self._popen.pid, signum)
                 except ProcessLookupError:
                     pass
 

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -252,6 +253,18 @@ class VercelProcess:
             handle.kill()
         except Exception as error:  # already gone, or the session stopped
             log.info("kill: %s", error)
+
+    def interrupt(self) -> None:
+        """SIGINT to the running command: one request (none once it ended or before it
+        started)."""
+        with self._guard:
+            handle = self._handle
+        if handle is None or self._finished.is_set():
+            return
+        try:
+            handle.send_signal(signal.SIGINT)
+        except Exception as error:  # already gone, or the session stopped
+            log.info("interrupt: %s", error)
 
     def stderr_tail(self, limit: int = 2000) -> str:
         return "\n".join(self._stderr)[-limit:]
