@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,3 +366,43 @@ def test_two_conversations_a_regenerate_and_a_fork_in_one_sandbox(vercel: Vercel
     send("c", "And in the fork?")
     assert texts_seen(model, "And in the fork?") == ["Remember plum.", "And in the fork?"]
     assert len({box.name for box in vercel.fake.boxes.values()}) == 1  # one sandbox for all
+
+
+def test_stop_and_resume_on_vercel(vercel: VercelWorld, upstash_fakeredis):
+    """A slow answer: a second client attaches to its stream, the stop reaches the agent
+    through the Sandbox API (one signal request), the chat is free at once."""
+    import threading
+
+    from lib.devtools.model_server import OfflineModel
+
+    slow = serve_in_background(OfflineModel(delay=0.1))
+    settings = dataclasses.replace(vercel.world.services.settings,
+                                   anthropic_base_url=slow.url)
+    try:
+        vercel.world.__init__(build(settings, clock=vercel.world.services.turns.clock),
+                              vercel.world.sandboxes)
+        client, headers = vercel.world.client(), {"X-User-Id": "alice",
+                                                   "Accept": "text/event-stream"}
+        assert vercel.world.turn("warm up").status_code == 200
+        live: list[bytes] = []
+        turn = threading.Thread(target=lambda: live.append(client.post(
+            "/api/chat", json={"prompt": "Tell me a long story."}, headers=headers).data))
+        turn.start()
+        state = vercel.world.services.state
+        user = vercel.world.user()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not vercel.world.services.streamlog.read(
+                user, "default", 0)[2][3:]:
+            time.sleep(0.05)  # until the first text parts are in the log
+        attached = client.get("/api/chat/default/stream", headers=headers)
+        before = len(vercel.fake.requests)
+        assert client.post("/api/chat/default/stop", headers=headers).status_code == 202
+        turn.join(30)
+        assert attached.status_code == 200
+        assert attached.get_data() == live[0]  # the same parts, the same ids
+        assert b'"finishReason":"other"' in live[0]
+        assert any(p.endswith("/kill") for _, p in vercel.fake.requests[before:])
+        assert state.lock_holder(user, "default") is None
+        assert vercel.world.turn("next").status_code == 200
+    finally:
+        slow.stop()
