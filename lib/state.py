@@ -14,6 +14,11 @@ Keys (`<p>` is KEY_PREFIX, `<u>` the user hash, `<c>` a chat id):
   <p>:awake            the same, for users whose sandbox may still be running
   <p>:chat-activity    sorted set, member "<u>:<c>", score = the chat's last activity
 
+A turn's lock has a short lease (TURN_LEASE_MS) that the function running the turn renews as it
+goes (with the stream log's writes, streamlog.py): a function that dies mid-turn, or a lock
+write that lands after its request gave up (a stalled Redis), holds the chat for seconds, not
+minutes. An acquire that failed is released at once, best effort, with the same token.
+
 A turn is two round trips: `begin_turn` takes the chat's lock, registers the turn in the user's
 busy set (unless the user lock is held) and reads the user record and the chat, in one script;
 `commit_turn` writes both records, the indexes and the message ids, and releases, only if the
@@ -28,8 +33,10 @@ turns) is read as the user's `default` chat, and rewritten as such by the next c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -39,10 +46,11 @@ import httpx
 from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
-from lib.errors import LockLost, StateUnavailable, TurnInProgress
+from lib.errors import LockLost, ServiceError, StateUnavailable, TurnInProgress
 
 T = TypeVar("T")
 DEFAULT_CHAT = "default"
+TURN_LEASE_MS = 30_000  # renewed while the turn runs (streamlog.py); a dead turn frees its chat
 
 # The first line lets Upstash lock only the script's keys; the local stand-in strips it.
 _KEY_LOCKING = "#!lua flags=allow-key-locking\n"
@@ -300,11 +308,16 @@ class StateStore:
         token = secrets.token_urlsafe(18)
         keys = [self._user(user, "lock"), self._user(user, "busy"), self._chat(user, chat, "lock"),
                 self._user(user, "rec"), self._chat(user, chat), self._chat(user, chat, "log")]
-        answer = call_safely(
-            lambda: self.redis.eval(_BEGIN_TURN, keys,
-                                    [token, str(self.lock_ttl_ms), str(self.clock_ms())]),
-            attempts=2,  # same token: a retry after a lost answer cannot lock us out
-        )
+        lease = min(self.lock_ttl_ms, TURN_LEASE_MS)
+        try:
+            answer = call_safely(
+                lambda: self.redis.eval(_BEGIN_TURN, keys,
+                                        [token, str(lease), str(self.clock_ms())]),
+                attempts=2,  # same token: a retry after a lost answer cannot lock us out
+            )
+        except StateUnavailable:
+            self._release_later(Lease(user, token, None, chat))
+            raise
         if not answer[0]:
             if answer[2] == "user":
                 raise TurnInProgress("this user's sandbox is being cleaned up; retry shortly",
@@ -336,6 +349,15 @@ class StateStore:
         saved = call_safely(lambda: self.redis.eval(_COMMIT_TURN, keys, args), attempts=2)
         if not saved:
             raise LockLost("the turn outlived its lock; its result was not saved")
+
+    def _release_later(self, lease: Lease) -> None:
+        """An acquire whose answer was lost may still land (a stalled Redis): release it with
+        the same token, from a thread (the caller answers 503 now), best effort."""
+        def release() -> None:
+            with contextlib.suppress(ServiceError):
+                self.release(lease)
+
+        threading.Thread(target=release, name="release-lost-acquire", daemon=True).start()
 
     def release(self, lease: Lease) -> None:
         """Give up a lock without saving (idempotent)."""
@@ -373,10 +395,14 @@ class StateStore:
         token = secrets.token_urlsafe(18)
         keys = [self._user(user, "lock"), self._user(user, "busy"), self._user(user, "rec"),
                 self._user(user, "chats")]
-        answer = call_safely(
-            lambda: self.redis.eval(_BEGIN_USER, keys,
-                                    [token, str(self.lock_ttl_ms), str(self.clock_ms())]),
-            attempts=2)
+        try:
+            answer = call_safely(
+                lambda: self.redis.eval(_BEGIN_USER, keys,
+                                        [token, str(self.lock_ttl_ms), str(self.clock_ms())]),
+                attempts=2)
+        except StateUnavailable:
+            self._release_later(Lease(user, token, None))
+            raise
         if not answer[0]:
             raise TurnInProgress("a turn of this user is running; retry when it ends",
                                  retry_after=_retry_after(answer[1]))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from upstash_redis import Redis
 
 from lib.errors import ServiceError
-from lib.state import call_safely
+from lib.state import TURN_LEASE_MS, call_safely
 
 log = logging.getLogger("agent.streamlog")
 
@@ -38,12 +38,19 @@ DONE = "[DONE]"
 
 _KEY_LOCKING = "#!lua flags=allow-key-locking\n"
 
-# KEYS: log, stop. ARGV: ttl ms, token, parts... -> 1 when this turn is asked to stop, else 0
+# KEYS: log, stop, chat lock, busy. ARGV: ttl ms, token, lease ms, now ms, parts...
+# -> 1 when this turn is asked to stop, else 0. Renews the turn's lock and its entry among the
+# user's running turns while it holds them (state.py: a short lease, kept alive here).
 # Parts are only added to this turn's own log (a newer turn's has another token first).
 _WRITE = _KEY_LOCKING + """
-if #ARGV > 2 and redis.call('LINDEX', KEYS[1], 0) == ARGV[2] then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+if #ARGV > 4 and redis.call('LINDEX', KEYS[1], 0) == ARGV[2] then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 5))
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], 'XX', tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 return 0
@@ -78,9 +85,12 @@ class StreamLog:
         return LiveLog(self, user, chat, token)
 
     def write(self, user: str, chat: str, token: str, parts: list[str]) -> bool:
-        """Append parts (one round trip); True when the turn is asked to stop."""
-        keys = [self._key(user, chat, "log"), self._key(user, chat, "stop")]
-        args = [str(LOG_TTL_MS), token, *parts]
+        """Append parts and renew the turn's lease (one round trip); True when the turn is
+        asked to stop."""
+        keys = [self._key(user, chat, "log"), self._key(user, chat, "stop"),
+                self._key(user, chat, "lock"), f"{self.prefix}:u:{user}:busy"]
+        args = [str(LOG_TTL_MS), token, str(TURN_LEASE_MS), str(int(time.time() * 1000)),
+                *parts]
         return bool(call_safely(lambda: self.redis.eval(_WRITE, keys, args), attempts=1))
 
     def read(self, user: str, chat: str, start: int) -> tuple[str, str, list[str]]:
