@@ -1,6 +1,7 @@
 """Per-user limits on turns, with upstash-ratelimit over the same Upstash database:
 a sliding window (RATE_LIMIT, e.g. 20 turns per 60 s) and a daily cap (MAX_TURNS_PER_DAY).
-Checked before the turn lock is taken, so a refused request costs one round trip per limit."""
+Checked once the turn lock is taken, so that only turns that start count (a 409 costs nothing);
+a refused request releases the lock again."""
 
 from __future__ import annotations
 

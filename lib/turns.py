@@ -79,13 +79,17 @@ class TurnService:
     def start(self, user_id: str, prompt: str, options: AgentOptions | None = None,
               chat: str = DEFAULT_CHAT, user_message_id: str | None = None,
               regenerate: bool = False) -> Turn:
-        """Count the turn against the user's limits (RateLimited), take the chat's lock
-        (TurnInProgress if busy) and load the user's and the chat's records. `regenerate`:
+        """Take the chat's lock (TurnInProgress if busy), load the user's and the chat's records
+        and count the turn against the user's limits (RateLimited, the lock released). `regenerate`:
         answer the chat's newest prompt again, dropping its answer."""
         user = user_hash(user_id, self.settings)
-        self.limits.check(user)
         started = time.perf_counter()
         lease = self.state.begin_turn(user, chat)
+        try:  # only turns that start count: a 409 (another turn runs) costs nothing
+            self.limits.check(user)
+        except BaseException:
+            self.state.release(lease)
+            raise
         turn = Turn(self, lease, prompt, options or self.settings.agent, user_message_id,
                     regenerate)
         turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)

@@ -462,6 +462,19 @@ def test_rate_limit_and_daily_cap_answer_429_and_change_nothing(world: World):
     assert capped.status_code == 429 and capped.json["error"]["code"] == "daily_limit_reached"
 
 
+def test_only_turns_that_start_count_against_the_rate_limit(world: World):
+    from lib.limits import TurnLimits
+
+    world.services.turns.limits = TurnLimits(
+        world.services.state.redis, world.services.settings.key_prefix, rate=(3, 60),
+        per_day=None)
+    lease = world.services.state.begin_turn(world.user(), "default")  # a turn runs
+    for _ in range(10):  # a burst while it runs: all 409, none counted
+        assert world.turn("again?").status_code == 409
+    world.services.state.release(lease)
+    assert [world.turn(f"t{i}").status_code for i in range(4)] == [200, 200, 200, 429]
+
+
 def test_logs_are_json_with_request_ids_and_no_secrets(world: World, capsys):
     import logging
 
