@@ -112,6 +112,7 @@ if i <= #ARGV and redis.call('EXISTS', KEYS[10]) == 0 then
 end
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], 'committed_by', ARGV[1], unpack(chat))
+redis.call('HDEL', KEYS[4], 'dirty')
 if #ids > 0 then redis.call('HSET', KEYS[9], unpack(ids)) end
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[3], ARGV[4])
@@ -122,11 +123,15 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: chat lock, busy. ARGV: token -> 1 released | 0 not ours
+# KEYS: chat lock, busy, chat. ARGV: token, dirty (1: the turn failed after the agent began:
+# its tail is in the transcripts but not in the conversation) -> 1 released | 0 not ours
 _RELEASE_TURN = _KEY_LOCKING + """
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'dirty', '1')
+end
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: user lock, busy, user record, chats. ARGV: token, lease ms, now ms
@@ -220,10 +225,15 @@ class ChatRecord:
     last_active_at: float
     title: str | None = None  # given by the user (PATCH)
     first_prompt: str | None = None  # the title until there is one, shortened
+    # The newest transcript entry of the last committed turn; `dirty` when a turn failed after
+    # the agent began, so its tail is in the transcripts: the next turn resumes at last_uuid.
+    last_uuid: str | None = None
+    dirty: bool = False
 
     def to_fields(self) -> list[str]:
-        return [item for name, value in asdict(self).items() if value is not None
-                for item in (name, str(value))]
+        """What a commit writes (`dirty` is cleared by the commit itself)."""
+        return [item for name, value in asdict(self).items()
+                if value is not None and name != "dirty" for item in (name, str(value))]
 
     @classmethod
     def from_fields(cls, flat: list[str]) -> ChatRecord | None:
@@ -232,7 +242,8 @@ class ChatRecord:
             return None
         return cls(raw["session_id"], int(raw.get("turns") or 0),
                    float(raw.get("created_at") or 0), float(raw.get("last_active_at") or 0),
-                   raw.get("title") or None, raw.get("first_prompt") or None)
+                   raw.get("title") or None, raw.get("first_prompt") or None,
+                   raw.get("last_uuid") or None, raw.get("dirty") == "1")
 
 
 def parse_user(raw: str) -> tuple[UserRecord | None, ChatRecord | None]:
@@ -359,14 +370,17 @@ class StateStore:
 
         threading.Thread(target=release, name="release-lost-acquire", daemon=True).start()
 
-    def release(self, lease: Lease) -> None:
-        """Give up a lock without saving (idempotent)."""
+    def release(self, lease: Lease, dirty: bool = False) -> None:
+        """Give up a lock without saving (idempotent). `dirty`: the turn failed after the agent
+        began, so the next turn must resume at the chat's last committed entry."""
         if lease.chat is None:
             call_safely(lambda: self.redis.eval(_RELEASE_USER, [self._user(lease.user, "lock")],
                                                 [lease.token]), attempts=2)
             return
-        keys = [self._chat(lease.user, lease.chat, "lock"), self._user(lease.user, "busy")]
-        call_safely(lambda: self.redis.eval(_RELEASE_TURN, keys, [lease.token]), attempts=2)
+        keys = [self._chat(lease.user, lease.chat, "lock"), self._user(lease.user, "busy"),
+                self._chat(lease.user, lease.chat)]
+        call_safely(lambda: self.redis.eval(_RELEASE_TURN, keys,
+                                            [lease.token, "1" if dirty else "0"]), attempts=2)
 
     def forget_chat(self, lease: Lease) -> None:
         """Delete the chat (record, message ids, index entries) and release its lock."""

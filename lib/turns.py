@@ -133,6 +133,8 @@ class Turn:
         self.user_message_id = user_message_id
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self._message_uuids: dict[str, str] = {}
+        self._began = False  # the agent reported its session or wrote its transcript
+        self._last_uuid: str | None = None  # the newest main transcript entry of this turn
         self.regenerate = regenerate
         self._rewind: dict[str, str] = {}  # resume_at and drops_turn, when answering again
         self._settled = False
@@ -173,11 +175,12 @@ class Turn:
             timer.start()
 
     def close(self) -> None:
-        """Release the lock if the turn did not commit. Idempotent."""
+        """Release the lock if the turn did not commit (marking the chat dirty when the agent
+        had begun: its part of the turn is in the transcripts). Idempotent."""
         if not self._settled:
             self._settled = True
             try:
-                self.service.state.release(self.lease)
+                self.service.state.release(self.lease, dirty=self._began)
             except ServiceError as error:  # the lease expires on its own
                 log.warning("could not release turn lock: %s", error.message)
 
@@ -221,6 +224,10 @@ class Turn:
         resume = chat.session_id if chat else None
         if self.regenerate and resume:
             resume = self._rewound(resume)
+        elif resume and chat and chat.dirty and chat.last_uuid:
+            # A turn failed after the agent began: the conversation is what was committed.
+            log.info("chat %s: resuming at its last committed entry", self.lease.chat)
+            self._rewind = {"resume_at": chat.last_uuid}
         restore = None
         if resume and attachment.fresh:  # the sandbox's files are new: bring the transcript
             resume, restore = yield from self._restorable(resume)
@@ -286,13 +293,15 @@ class Turn:
         service, lease = self.service, self.lease
         chat, now = lease.chat_record, service.clock()
         continued = chat is not None and session_id == chat.session_id
-        turns = (chat.turns + (0 if self._rewind else 1)) if continued and chat else 1
+        replaced = self.regenerate and "drops_turn" in self._rewind  # the answer, not a turn
+        turns = (chat.turns + (0 if replaced else 1)) if continued and chat else 1
         saved = ChatRecord(
             session_id=session_id,
             turns=turns,
             created_at=chat.created_at if chat else now,
             last_active_at=now,
             first_prompt=chat.first_prompt if chat and chat.first_prompt else shorten(self.prompt),
+            last_uuid=self._last_uuid or (chat.last_uuid if continued and chat else None),
         )
         record = UserRecord(
             sandbox_name=service.sandbox_name(lease),
@@ -339,6 +348,11 @@ class Turn:
                 scoped["subpath"] = str(key["subpath"])
             else:
                 self._note_messages(message["entries"])
+                self._began = True
+                self._last_uuid = next(
+                    (e["uuid"] for e in reversed(message["entries"]) if isinstance(e, dict)
+                     and isinstance(e.get("uuid"), str) and not e.get("isSidechain")),
+                    self._last_uuid)
             self.service.transcripts.append(scoped, list(message["entries"]))
         except (KeyError, TypeError, ServiceError) as error:
             # The turn goes on (its local transcript is whole); durability of this batch is lost.
@@ -386,6 +400,7 @@ class Turn:
                     yield TextDelta(said[-1])
                 elif kind == "session":
                     session_id = str(message.get("session_id") or "") or None
+                    self._began = True
                 elif kind in ("tool_use", "tool_result"):
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":

@@ -828,3 +828,20 @@ def test_a_stop_the_agent_ignores_kills_the_runner_and_still_keeps_the_session(w
     turn.join(15)
     assert answers[0].status_code == 200 and answers[0].json["finish_reason"] == "other"
     assert answers[0].json["text"] == "stuck" and world.stored().turns == 2
+
+
+def test_a_failed_turn_is_not_in_the_conversation_the_model_sees_next(world: World):
+    seed(world)
+    world.sandboxes.scripts.append(Script([line("session", session_id="sess-1"),
+                                           mirror("sess-1", "doomed", "half an")], exit_code=1))
+    failed = world.turn("doomed")
+    assert failed.status_code == 502
+    chat = world.stored()
+    assert chat.dirty and chat.last_uuid == "sess-1-seed-a" and chat.turns == 1
+    after = world.turn("next")
+    assert after.status_code == 200 and after.json["turn"] == 2
+    job = world.sandboxes.runs[-1]["job"]
+    assert job["resume_at"] == "sess-1-seed-a" and "drops_turn" not in job
+    assert not world.stored().dirty and world.stored().last_uuid == "sess-1-next-a"
+    world.turn("and on")
+    assert "resume_at" not in world.sandboxes.runs[-1]["job"]  # clean again: a plain resume

@@ -510,3 +510,30 @@ def test_stop_reaches_the_agent_and_keeps_what_it_said(serve, slow_model):
     assert after.status_code == 200 and after.json()["turn"] == 3  # no 409, memory kept
     seen = [t for body in app.requests if (t := user_texts(body)) and t[-1].endswith("Which fruit?")]
     assert seen[-1][0] == "Remember fig."  # (the CLI marks the interruption before the prompt)
+
+
+def test_a_turn_whose_agent_died_is_not_remembered(serve, slow_model, tmp_path: Path):
+    import signal
+
+    app, model_url = slow_model
+    dev = serve(model_url)
+    headers = {"X-User-Id": "vic"}
+    assert chat(dev.url, "Remember: pear.", user="vic").status_code == 200
+    killed: list[int] = []
+
+    def kill_the_agent(_: int, data: str) -> bool:
+        if '"text-delta"' in data and not killed:
+            for pid in warm_agent_pids(tmp_path):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return False
+
+    events = post_stream(None, dev.url, "vic", "Doomed question.", kill_the_agent)
+    assert killed and any('"data-error"' in data for _, data in events)
+    after = chat(dev.url, "What do you remember?", user="vic")
+    assert after.status_code == 200 and after.json()["turn"] == 2
+    seen = requests_ending_with(app, "What do you remember?")[-1]
+    assert seen == ["Remember: pear.", "What do you remember?"]  # not the doomed one
+    shown = httpx.get(f"{dev.url}/api/session/messages", headers=headers).json()["messages"]
+    assert [m["text"] for m in shown if m["role"] == "user"] == [
+        "Remember: pear.", "What do you remember?"]
