@@ -8,7 +8,6 @@ by the final commit, so an error leaves the previous record untouched.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from lib import logs
+from lib import logs, runner_lines
 from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
 from lib.conversation import messages_from, rewind_point, shorten
@@ -269,7 +268,7 @@ class Turn:
         saved = self._save(outcome["session_id"])
         usage = {k: v for k, v in (outcome.get("usage") or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        yield TurnDone(saved.session_id, outcome.get("text", ""), saved.turns, usage,
+        yield TurnDone(saved.session_id, outcome.get("text") or "", saved.turns, usage,
                        outcome.get("cost_usd"),
                        "length" if outcome.get("subtype") == "error_max_turns" else "stop")
 
@@ -389,14 +388,13 @@ class Turn:
             self.stop()
         try:
             for line in process.lines():
-                try:
-                    message = json.loads(line)
-                    kind = message["type"]
-                except (ValueError, TypeError, KeyError):
+                message = runner_lines.parse(line)
+                if message is None:  # not the runner's protocol: never trusted, never used
                     garbage += 1
                     continue
+                kind = message["type"]
                 if kind == "text":
-                    said.append(str(message.get("text", "")))
+                    said.append(message["text"])
                     yield TextDelta(said[-1])
                 elif kind == "session":
                     session_id = str(message.get("session_id") or "") or None

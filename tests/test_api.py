@@ -845,3 +845,25 @@ def test_a_failed_turn_is_not_in_the_conversation_the_model_sees_next(world: Wor
     assert not world.stored().dirty and world.stored().last_uuid == "sess-1-next-a"
     world.turn("and on")
     assert "resume_at" not in world.sandboxes.runs[-1]["job"]  # clean again: a plain resume
+
+
+@pytest.mark.parametrize("bad", [
+    line("result", session_id=42, text="x", is_error=False, subtype="success", errors=[],
+         usage={}, cost_usd=0.0, num_turns=1),
+    line("result", session_id="sess-1", text="x", is_error=False, subtype="success",
+         errors=[], usage=[], cost_usd=0.0, num_turns=1),
+    line("result", session_id="sess-1", text={"html": "<b>"}, is_error=False,
+         subtype="success", errors=[], usage={}, cost_usd=0.0, num_turns=1),
+    line("result", session_id="x" * 500, text="x", is_error=False, subtype="success",
+         errors=[], usage={}, cost_usd=0.0, num_turns=1),
+])
+def test_a_result_line_outside_the_protocol_is_never_trusted(world: World, bad: str):
+    before = seed(world)
+    world.sandboxes.scripts.append(Script([line("text", text=["not", "a", "string"]),
+                                           line("session", session_id=7), bad]))
+    response = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE)
+    parts = ui_parts(response.data)
+    assert not [p for p in parts if p["type"] == "text-delta"]  # the list was not sent
+    assert parts[-3]["data"]["code"] == "agent_failed"
+    assert world.stored() == before and world.lock() is None  # nothing of it was stored
+    assert world.turn("next").status_code == 200  # and the chat goes on
