@@ -45,6 +45,7 @@ def create_app(name: str) -> Flask:
     @app.after_request
     def finish(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.request_id
+        cors(response)
         logs.event(log, "request", method=request.method, path=request.path,
                    status=response.status_code,
                    duration_ms=round((time.perf_counter() - g.started) * 1000, 1))
@@ -69,6 +70,33 @@ def create_app(name: str) -> Flask:
         return error_response(ServiceError("internal error"))
 
     return app
+
+
+# What a browser on an allowed origin may send and read (the UI stream's header, Retry-After).
+_CORS_REQUEST_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-User-Id"
+_CORS_EXPOSED = "Retry-After, X-Request-Id, x-vercel-ai-ui-message-stream"
+
+
+def cors(response: Response) -> None:
+    """CORS for the origins in CORS_ORIGINS (exact; none by default): a preflight (OPTIONS,
+    answered by Flask) gets the methods and headers; every answer, errors too, is readable."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return
+    try:
+        allowed = services_for_request().settings.cors_origins
+    except ServiceError:  # misconfigured: no CORS, the error stays readable in the logs
+        return
+    response.headers.add("Vary", "Origin")
+    if origin not in allowed:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = response.headers.get(
+            "Allow", "GET, POST, PATCH, DELETE, OPTIONS")
+        response.headers["Access-Control-Allow-Headers"] = _CORS_REQUEST_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -7,6 +7,7 @@ each variable. Nothing else in `lib/` reads `os.environ`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 CLIENT_OPTION_NAMES = ("model", "system_prompt", "allowed_tools", "disallowed_tools",
                        "permission_mode", "max_turns")
 DEV_HASH_KEY = "dev-only-user-hash-key"
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Settings:
     agent_warm: bool = True
     agent_warm_idle: int = 300
     client_options: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 4_500_000  # what Vercel accepts
     turn_timeout: int = 240
@@ -156,6 +161,7 @@ class Settings:
                 max_turns=read.integer("AGENT_MAX_TURNS", 8, minimum=1),
             ),
             client_options=read.names("CLIENT_OPTIONS"),
+            cors_origins=read.names("CORS_ORIGINS"),
             agent_warm=read.choice("AGENT_WARM", ("1", "0", "true", "false"), "1") in ("1", "true"),
             agent_warm_idle=read.integer("AGENT_WARM_IDLE", 300, minimum=5),
             max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
@@ -203,6 +209,10 @@ class Settings:
             raise ConfigError("SANDBOX_TIMEOUT must be longer than TURN_TIMEOUT")
         if settings.transcript_store == "s3" and not settings.s3_bucket:
             raise ConfigError("TRANSCRIPT_S3_BUCKET is required when TRANSCRIPT_STORE=s3")
+        for origin in settings.cors_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host"
+                                  "[:port], no path; exact origins only, no wildcards)")
         unknown = sorted(set(settings.client_options) - set(CLIENT_OPTION_NAMES))
         if unknown:
             raise ConfigError(f"CLIENT_OPTIONS may list {', '.join(CLIENT_OPTION_NAMES)}; "

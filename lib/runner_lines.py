@@ -29,8 +29,9 @@ def _number(v: Any) -> bool:
 
 
 def _usage(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and (_number(n) or isinstance(n, dict))
-                                       for k, n in v.items())
+    """The SDK's usage: counts, and also strings and nested objects (service_tier,
+    server_tool_use...); only the finite numbers are kept (turns.py)."""
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
 
 
 def _key(v: Any) -> bool:

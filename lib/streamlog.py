@@ -80,9 +80,10 @@ class StreamLog:
     def _key(self, user: str, chat: str, part: str) -> str:
         return f"{self.prefix}:u:{user}:c:{chat}:{part}"
 
-    def open(self, user: str, chat: str, token: str) -> LiveLog:
-        """The log of the turn holding `token` (its lock): replaces the chat's previous one."""
-        return LiveLog(self, user, chat, token)
+    def open(self, user: str, chat: str, token: str, lifetime: float) -> LiveLog:
+        """The writer of the log of the turn holding `token` (its lock), for at most `lifetime`
+        seconds: whoever encodes the turn's parts closes it."""
+        return LiveLog(self, user, chat, token, lifetime)
 
     def write(self, user: str, chat: str, token: str, parts: list[str]) -> bool:
         """Append parts and renew the turn's lease (one round trip); True when the turn is
@@ -140,8 +141,11 @@ class LiveLog:
     """The writer of one turn's log: `add` is called as parts are produced; a background
     thread writes them in batches and watches the stop flag; `close` writes what is left."""
 
-    def __init__(self, store: StreamLog, user: str, chat: str, token: str) -> None:
+    def __init__(self, store: StreamLog, user: str, chat: str, token: str,
+                 lifetime: float) -> None:
         self.store, self.user, self.chat, self.token = store, user, chat, token
+        self._ends = time.monotonic() + lifetime  # a writer nobody closed stops by itself
+        self._warned = False
         self.on_stop: Callable[[], None] = lambda: None
         self._pending: list[str] = []
         self._count = 0
@@ -172,7 +176,9 @@ class LiveLog:
         try:
             asked = self.store.write(self.user, self.chat, self.token, parts)
         except ServiceError as error:  # the turn goes on; resuming clients may miss parts
-            log.warning("could not write the stream log: %s", error.message)
+            if not self._warned:
+                self._warned = True
+                log.warning("could not write the stream log: %s", error.message)
             with self._lock:
                 self._pending = parts + self._pending  # try again with the next batch
             return
@@ -182,7 +188,7 @@ class LiveLog:
 
     def _run(self) -> None:
         last_check = 0.0
-        while not self._closed.wait(FLUSH_EVERY):
+        while not self._closed.wait(FLUSH_EVERY) and time.monotonic() < self._ends:
             with self._lock:
                 pending = bool(self._pending)
             if pending or time.monotonic() - last_check >= CHECK_EVERY:

@@ -9,6 +9,7 @@ by the final commit, so an error leaves the previous record untouched.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -141,7 +142,8 @@ class Turn:
         self._process: Process | None = None
         self._stop_asked = threading.Event()
         # Its stream log (the parts are added by whoever encodes them) and stop watch.
-        self.live = service.streamlog.open(lease.user, lease.chat or DEFAULT_CHAT, lease.token)
+        self.live = service.streamlog.open(lease.user, lease.chat or DEFAULT_CHAT, lease.token,
+                                           service.settings.function_max_duration)
         self.live.on_stop = self.stop
         self.timings: dict[str, float] = {}  # milliseconds per phase: lock, attach, run, save
         # The whole turn (attach, bootstrap, run) lives within TURN_TIMEOUT of its start.
@@ -267,7 +269,7 @@ class Turn:
             raise AgentFailed("the agent could not find its conversation after a restore")
         saved = self._save(outcome["session_id"])
         usage = {k: v for k, v in (outcome.get("usage") or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         yield TurnDone(saved.session_id, outcome.get("text") or "", saved.turns, usage,
                        outcome.get("cost_usd"),
                        "length" if outcome.get("subtype") == "error_max_turns" else "stop")

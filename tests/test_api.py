@@ -867,3 +867,31 @@ def test_a_result_line_outside_the_protocol_is_never_trusted(world: World, bad: 
     assert parts[-3]["data"]["code"] == "agent_failed"
     assert world.stored() == before and world.lock() is None  # nothing of it was stored
     assert world.turn("next").status_code == 200  # and the chat goes on
+
+
+def test_cors_lets_listed_origins_call_and_read_the_api(world: World):
+    world.services.settings.__dict__["cors_origins"] = ("https://app.example.com",)
+    try:
+        client = world.client()
+        ok = {"Origin": "https://app.example.com"}
+        preflight = client.options("/api/chat", headers={
+            **ok, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        answer = client.post("/api/chat", json={"prompt": "hi"}, headers={**ALICE, **ok})
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "Retry-After" in answer.headers["Access-Control-Expose-Headers"]
+        assert "x-vercel-ai-ui-message-stream" in answer.headers["Access-Control-Expose-Headers"]
+        refused = client.post("/api/chat", json={"prompt": "hi"}, headers=ok)  # errors too
+        assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"]
+        other = client.post("/api/chat", json={"prompt": "hi"},
+                            headers={**ALICE, "Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+        assert "Origin" in other.headers["Vary"]
+    finally:
+        world.services.settings.__dict__["cors_origins"] = ()
+    assert "Access-Control-Allow-Origin" not in world.client().post(
+        "/api/chat", json={"prompt": "hi"}, headers={**ALICE, **ok}).headers  # none by default

@@ -139,3 +139,39 @@ def test_the_stop_button_reaches_the_agent(browser, start_dev_server, upstash_fa
                    and browser.find_element(By.ID, "status").text == "ready")
     finally:
         slow.stop()
+
+
+def test_a_page_on_another_origin_calls_the_api_only_when_listed(browser, start_dev_server,
+                                                                  upstash_fakeredis, model):
+    from lib.devtools.serving import serve_in_background
+
+    def page(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<!doctype html><title>another app</title>"]
+
+    other = serve_in_background(page)  # a second origin: another port
+    try:
+        call = """
+            const done = arguments[arguments.length - 1];
+            fetch(arguments[0] + "/api/chat", {method: "POST", body: JSON.stringify({prompt: "hi"}),
+                  headers: {"Content-Type": "application/json", "X-User-Id": "cors-user"}})
+              .then(async (r) => { const body = await r.json();
+                                   done([r.status, r.headers.get("x-request-id") !== null,
+                                         body.turn || body.error]); })
+              .catch((e) => done(["blocked", String(e)]));
+        """
+        browser.set_script_timeout(60)
+        for listed in (True, False):
+            dev = start_dev_server(
+                UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
+                UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
+                ANTHROPIC_BASE_URL=model[1].url, KEY_PREFIX=f"cors{listed}",
+                CORS_ORIGINS=other.url if listed else "https://elsewhere.example")
+            browser.get(other.url)
+            result = browser.execute_async_script(call, dev.url)
+            if listed:
+                assert result == [200, True, 1], result  # and an exposed header is readable
+            else:
+                assert result[0] == "blocked", result
+    finally:
+        other.stop()

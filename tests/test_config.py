@@ -51,6 +51,8 @@ def test_vercel_kv_names_are_accepted():
         ({"SESSION_TTL": "600", "IDLE_STOP_AFTER": "900"}, "SESSION_TTL"),
         ({"SANDBOX_BACKEND": "docker"}, "SANDBOX_BACKEND"),
         ({"TRANSCRIPT_STORE": "s3"}, "TRANSCRIPT_S3_BUCKET"),
+        ({"CORS_ORIGINS": "*"}, "CORS_ORIGINS"),
+        ({"CORS_ORIGINS": "https://app.example.com/path"}, "CORS_ORIGINS"),
     ],
 )
 def test_a_bad_setting_names_its_variable(env: dict[str, str], names: str):

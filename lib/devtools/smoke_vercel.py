@@ -89,11 +89,14 @@ class SmokeFailed(Exception):
 def run_turn(services: Any, user: str, prompt: str) -> TurnDone:
     turn = services.turns.start(user, prompt)
     done = None
-    for event in turn.events():
-        if isinstance(event, TurnFailed):
-            raise SmokeFailed(f"turn failed: {event.error.code}: {event.error.message}")
-        if isinstance(event, TurnDone):
-            done = event
+    try:
+        for event in turn.events():
+            if isinstance(event, TurnFailed):
+                raise SmokeFailed(f"turn failed: {event.error.code}: {event.error.message}")
+            if isinstance(event, TurnDone):
+                done = event
+    finally:
+        turn.live.close()
     if done is None:
         raise SmokeFailed("the turn ended without an answer")
     return done
