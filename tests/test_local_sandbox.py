@@ -82,3 +82,29 @@ def test_files_stay_inside_the_sandbox(backend: LocalSandboxBackend):
         sandbox.write_files({f"{sandbox.home}/../../../escape.txt": b"no"})
     with pytest.raises(ValueError):
         backend.attach("../etc")
+
+
+def test_a_planted_pid_file_never_signals_another_process(backend: LocalSandboxBackend):
+    import subprocess
+
+    sandbox = backend.attach("agent-a").sandbox
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        planted = Path(sandbox.workdir, "x", ".agent-runner", "warm-agent.pid")
+        planted.parent.mkdir(parents=True)
+        planted.write_text(str(bystander.pid))  # what an agent with a shell could write
+        backend.destroy("agent-a")
+        time.sleep(0.2)
+        assert bystander.poll() is None  # not signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_damaged_state_file_is_a_stopped_sandbox_not_an_error(backend: LocalSandboxBackend,
+                                                                tmp_path: Path):
+    backend.attach("agent-a")
+    (tmp_path / "sandboxes" / "agent-a" / "sandbox.json").write_text("{not json")
+    assert backend.status("agent-a") == "stopped"
+    assert [(i.name, i.status) for i in backend.list()] == [("agent-a", "stopped")]
+    assert not backend.attach("agent-a").fresh and backend.status("agent-a") == "running"

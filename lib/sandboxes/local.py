@@ -27,13 +27,25 @@ _INHERITED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 
 def stop_warm_agents(root: Path) -> None:
     """Stop every warm agent under `root`: they run detached from the commands that started
-    them, and each leaves its pid in `warm-agent.pid` (see the runner)."""
+    them, and each leaves its pid in `warm-agent.pid` (see the runner). The files are the
+    agent's to write, so a pid is only signalled if that process is a warm agent."""
     for pid_file in root.rglob("warm-agent.pid"):
         try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            pid = int(pid_file.read_text())
+            if _is_warm_agent(pid):
+                os.kill(pid, signal.SIGTERM)
         except (ValueError, OSError):
             pass
         pid_file.unlink(missing_ok=True)
+
+
+def _is_warm_agent(pid: int) -> bool:
+    """The process's command line is the runner's `--serve` (Linux /proc)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"--serve" in argv and any(arg.endswith(b"agent_runner.py") for arg in argv)
 
 
 class LocalProcess:
@@ -134,7 +146,11 @@ class LocalSandboxBackend:
         state = self._root(name) / _STATE_FILE
         if not state.exists():
             return None
-        return json.loads(state.read_text())["status"]
+        try:
+            status = json.loads(state.read_text())["status"]
+        except (ValueError, KeyError, TypeError, OSError):
+            return "stopped"  # damaged: its files are there, no agent is known to run
+        return status if status in ("running", "stopped") else "stopped"
 
     def stop(self, name: str) -> None:
         """Like a stopped VM: files stay, processes (the warm agent) do not."""
