@@ -136,7 +136,7 @@ def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or not low <= int(raw) <= high:
         raise InvalidRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -163,8 +163,10 @@ def json_body(max_bytes: int) -> dict[str, Any]:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
     try:
         body = json.loads(raw)
-    except ValueError as error:
+    except ValueError as error:  # also numbers over Python's 4,300 digits
         raise InvalidRequest(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     return body

@@ -42,8 +42,10 @@ def newest_user_message(body: dict) -> tuple[str, str | None]:
         parts = newest.get("parts")
         if not isinstance(parts, list):
             raise InvalidRequest('the newest user message must have "parts"')
-        prompt = "".join(p.get("text", "") for p in parts
-                         if isinstance(p, dict) and p.get("type") == "text")
+        texts = [p.get("text") for p in parts if isinstance(p, dict) and p.get("type") == "text"]
+        if not all(isinstance(text, str) for text in texts):
+            raise InvalidRequest('the "text" of a text part must be a string')
+        prompt = "".join(texts)
         message_id = newest.get("id")
         if message_id is not None and (not isinstance(message_id, str) or len(message_id) > 128):
             raise InvalidRequest("a message id is a string of at most 128 characters")
@@ -95,7 +97,7 @@ def resume(chat: str) -> Response:
     svc, user_id = current()
     chat = chat_id(chat)
     seen = request.headers.get("Last-Event-ID", "")
-    start = int(seen) + 1 if seen.isdigit() else None
+    start = int(seen) + 1 if seen.isascii() and seen.isdigit() and len(seen) <= 9 else None
     user = user_hash(user_id, svc.settings)
     deadline = time.monotonic() + svc.settings.function_max_duration - 5
     parts = svc.streamlog.follow(user, chat, start, deadline)

@@ -49,9 +49,19 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
     except jwt.PyJWTError as error:
         raise Unauthorized(f"invalid token: {error}") from None
     subject = claims["sub"]
-    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+    if (not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS
+            or not _encodable(subject)):
         raise Unauthorized(f"invalid token: sub must be a string of 1-{MAX_SUBJECT_CHARS} chars")
     return subject
+
+
+def _encodable(text: str) -> bool:
+    """Not a lone surrogate (JSON allows "\\ud800"; UTF-8, and so the user hash, does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=4)

@@ -87,6 +87,13 @@ def seed(world: World):
          413, "payload_too_large"),
         ({"data": "prompt=hi", "headers": {**ALICE, "Content-Type": "text/plain"}},
          415, "unsupported_media_type"),
+        ({"data": '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", "headers": JSON},
+         400, "invalid_request"),
+        ({"data": '{"prompt": "x", "n": ' + "9" * 5000 + "}", "headers": JSON},
+         400, "invalid_request"),
+        *[({"json": {"id": "c", "messages": [{"role": "user", "parts": [
+            {"type": "text", "text": bad}]}]}, "headers": ALICE}, 400, "invalid_request")
+          for bad in (7, None, ["a"])],
         ({"json": {"prompt": "hi"}, "headers": {}}, 401, "unauthorized"),
         ({"json": {"prompt": "hi"}, "headers": {"X-User-Id": "no spaces"}}, 401, "unauthorized"),
     ],
@@ -411,7 +418,8 @@ def test_messages_come_from_the_transcript_and_page(world: World):
     assert newest["messages"] == whole["messages"][2:] and newest["next_before"] == 2
     oldest = client.get("/api/session/messages?limit=4&before=2", headers=ALICE).json
     assert oldest["messages"] == whole["messages"][:2] and oldest["next_before"] is None
-    for bad in ("limit=0", "limit=201", "limit=x", "before=-1"):
+    for bad in ("limit=0", "limit=201", "limit=x", "before=-1", "limit=²", "before=①",
+                "limit=" + "9" * 5000):
         response = client.get(f"/api/session/messages?{bad}", headers=ALICE)
         assert response.status_code == 400, bad
     assert client.get("/api/session/messages").status_code == 401

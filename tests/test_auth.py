@@ -36,6 +36,7 @@ def test_a_valid_token_gives_its_subject():
         bearer(jwt.encode({"sub": "u"}, SECRET, "HS256")),  # no exp
         bearer(jwt.encode({"exp": time.time() + 60}, SECRET, "HS256")),  # no sub
         bearer(token(sub="")),
+        bearer(token(sub="\ud800")),  # a lone surrogate: JSON allows it, the user hash not
         bearer(jwt.encode({"sub": "u", "exp": time.time() + 60}, "", "none")),
     ],
 )
