@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -486,7 +487,9 @@ def test_content_types_are_exact(api: Api):
 
 def test_halt_stops_warm_agents_and_delete_forgets_the_box(api: Api):
     box = api.sandbox()
-    agent = subprocess.Popen(["sleep", "30"])
+    # a process that looks like a warm agent (only those are signalled: lib/sandboxes/local.py)
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                              "agent_runner.py", "--serve"])
     try:
         (api.fake.boxes["box"].root / "warm-agent.pid").write_text(str(agent.pid))
         api.fake.stop_sandbox("box")
