@@ -328,8 +328,10 @@ class Turn:
     def _attempt(
         self, sandbox: Sandbox, resume: str | None, restore: dict | None
     ) -> Iterator[TurnEvent]:
+        chat = self.lease.chat_record
+        committed = chat.last_uuid if chat and resume == chat.session_id else None
         job = {"prompt": self.prompt, "resume": resume, "restore": restore,
-               "options": self.options.to_job(), **self._rewind}
+               "committed": committed, "options": self.options.to_job(), **self._rewind}
         with self._timed("run"):
             launcher = self.service.launcher
             argv = launcher.command(sandbox, job, self.lease.token)

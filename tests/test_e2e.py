@@ -205,6 +205,23 @@ def test_a_sandbox_that_lost_only_its_transcript_is_restored_on_retry(serve, mod
     assert requests_ending_with(app, "Which colour?")[-1] == ["Remember: blue.", "Which colour?"]
 
 
+@pytest.mark.parametrize("damage", ["emptied", "garbage", "cut in half"])
+def test_a_damaged_local_transcript_is_restored_from_the_durable_one(serve, model,
+                                                                    tmp_path: Path, damage):
+    app, server = model
+    dev = serve(server.url)
+    chat(dev.url, "Remember: teal.", user="gil")
+    chat(dev.url, "And: amber.", user="gil")
+    for path in (tmp_path / "data" / "sandboxes").glob("*/home/.claude/projects/*/*.jsonl"):
+        data = path.read_bytes()
+        path.write_bytes({"emptied": b"", "garbage": b"\x00garbage{not json\n",
+                          "cut in half": data[: len(data) // 2]}[damage])
+    again = chat(dev.url, "Which colours?", user="gil")
+    assert again.status_code == 200 and again.json()["turn"] == 3, again.text
+    assert requests_ending_with(app, "Which colours?")[-1] == [
+        "Remember: teal.", "And: amber.", "Which colours?"]
+
+
 def test_messages_are_read_from_the_durable_transcript(serve, model, tmp_path: Path):
     _, server = model
     dev = serve(server.url)

@@ -17,6 +17,8 @@ turn whose caller went away (the function's deadline), and exits after AGENT_WAR
 The job travels in the command itself (`--job`, base64 of its JSON: one request per turn), or,
 when too large for an argument (a restore), in a file the runner deletes once read. It is JSON:
 {"prompt": str, "resume": str | null, "cwd": str (default: this process's), "options": {...},
+"committed": str | null (the uuid of the last committed entry: a local transcript without it is
+damaged, and restore_needed is said),
 "resume_at": str | null, "drops_turn": str | null (answer again: resume the session at the
 entry `resume_at`, dropping the turn of the prompt `drops_turn`; the SDK's resume_session_at and
 resume_drops_turn),
@@ -136,13 +138,24 @@ async def restore(job: dict[str, Any], cwd: str) -> None:
         await materialized.cleanup()
 
 
+def intact(path: Path, committed: str | None) -> bool:
+    """The local transcript exists and holds the last committed entry (`committed`, a uuid the
+    function keeps): an emptied, garbled or cut transcript does not."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return not committed or f'"{committed}"' in text
+
+
 async def prepare(job: dict[str, Any], out: Emit) -> str | None:
     """Restore the transcript if the job brings one; None (after saying restore_needed) when the
-    session to resume has no local transcript. Returns the turn's cwd."""
+    session to resume has no intact local transcript. Returns the turn's cwd."""
     cwd = job.get("cwd") or os.getcwd()
     if job.get("resume") and job.get("restore"):
         await restore(job, cwd)
-    elif job.get("resume") and not local_transcript(cwd, job["resume"]).exists():
+    elif job.get("resume") and not intact(local_transcript(cwd, job["resume"]),
+                                          job.get("committed")):
         out("restore_needed", session_id=job["resume"])
         return None
     return cwd
