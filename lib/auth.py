@@ -20,6 +20,7 @@ from lib.errors import AuthUnavailable, Unauthorized
 
 _DEV_USER_ID = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
 MAX_SUBJECT_CHARS = 256
+_ALGORITHMS = {"RSA": ["RS256"], "EC": ["ES256"]}
 
 
 def identify(headers: Mapping[str, str], settings: Settings) -> str:
@@ -35,6 +36,18 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
         raise Unauthorized("send Authorization: Bearer <JWT>")
     try:
         key, algorithms = _key_for(token.strip(), settings)
+    except jwt.PyJWKClientConnectionError as error:  # the identity provider, not the caller
+        raise AuthUnavailable(f"could not fetch the signing keys: {error}") from None
+    except (jwt.PyJWKClientError, jwt.PyJWKSetError) as error:
+        if "matches" in str(error):  # no key with the token's kid: the caller's token
+            raise Unauthorized(f"invalid token: {error}") from None
+        # An empty or unusable key set: no caller can be verified, and none is to blame.
+        raise AuthUnavailable(f"the identity provider's keys are unusable: {error}") from None
+    except jwt.PyJWTError as error:
+        raise Unauthorized(f"invalid token: {error}") from None
+    except ValueError:  # AUTH_JWKS_URL answered, but not with JSON (an HTML error page...)
+        raise AuthUnavailable("AUTH_JWKS_URL did not answer with a JSON key set") from None
+    try:
         claims = jwt.decode(
             token.strip(),
             key,
@@ -44,8 +57,6 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
             leeway=settings.jwt_leeway,
             options={"require": ["sub", "exp"], "verify_aud": settings.jwt_audience is not None},
         )
-    except jwt.PyJWKClientConnectionError as error:  # the identity provider, not the caller
-        raise AuthUnavailable(f"could not fetch the signing keys: {error}") from None
     except jwt.PyJWTError as error:
         raise Unauthorized(f"invalid token: {error}") from None
     subject = claims["sub"]
@@ -77,7 +88,9 @@ def _key_for(token: str, settings: Settings) -> tuple[Any, list[str]]:
     if header.get("alg") == "HS256" and settings.jwt_secret:
         return settings.jwt_secret, ["HS256"]
     if settings.jwks_url:
-        return _jwks(settings.jwks_url).get_signing_key_from_jwt(token).key, ["RS256", "ES256"]
+        jwk = _jwks(settings.jwks_url).get_signing_key_from_jwt(token)
+        # Only the algorithm of the key's own type: an RS256 token naming an EC key fails here.
+        return jwk.key, _ALGORITHMS.get(jwk.key_type, [])
     raise jwt.InvalidAlgorithmError(f"algorithm {header.get('alg')!r} is not accepted")
 
 

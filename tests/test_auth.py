@@ -133,3 +133,37 @@ class TestJwks:
                             headers={"kid": "r1"})
         with pytest.raises(AuthUnavailable):
             identify(bearer(signed), s)
+
+    def test_a_kid_naming_a_key_of_another_type_is_401(self, idp):
+        server, rsa_key, ec_key = idp
+        s = self.jwks_settings(f"{server.url}/jwks.json")
+        claims = {"sub": "u", "exp": time.time() + 60}
+        for signed in (jwt.encode(claims, rsa_key, "RS256", headers={"kid": "e1"}),
+                       jwt.encode(claims, ec_key, "ES256", headers={"kid": "r1"})):
+            with pytest.raises(Unauthorized):
+                identify(bearer(signed), s)
+
+    @pytest.mark.parametrize("answer", [b"<html>Service Unavailable</html>", b'{"keys": []}',
+                                        b'{"keys": "nope"}'])
+    def test_a_jwks_that_is_not_a_usable_key_set_is_503_for_everyone(self, idp, answer):
+        from lib.auth import _jwks
+        from lib.devtools.serving import serve_in_background
+        from lib.errors import AuthUnavailable
+
+        _, rsa_key, _ = idp
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/html")])
+            return [answer]
+
+        server = serve_in_background(app)
+        try:
+            _jwks.cache_clear()
+            s = self.jwks_settings(f"{server.url}/jwks.json")
+            signed = jwt.encode({"sub": "u", "exp": time.time() + 60}, rsa_key, "RS256",
+                                headers={"kid": "r1"})
+            with pytest.raises(AuthUnavailable):
+                identify(bearer(signed), s)
+        finally:
+            server.stop()
+            _jwks.cache_clear()
