@@ -67,6 +67,7 @@ class Settings:
     agent: AgentOptions = AgentOptions()
     agent_warm: bool = True
     agent_warm_idle: int = 300
+    model_retries: int = 2  # the CLI's retries of a failed model request (CLAUDE_CODE_MAX_RETRIES)
     client_options: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     max_prompt_chars: int = 32_000
@@ -164,6 +165,7 @@ class Settings:
             cors_origins=read.names("CORS_ORIGINS"),
             agent_warm=read.choice("AGENT_WARM", ("1", "0", "true", "false"), "1") in ("1", "true"),
             agent_warm_idle=read.integer("AGENT_WARM_IDLE", 300, minimum=5),
+            model_retries=read.integer("AGENT_MODEL_RETRIES", 2, minimum=0),
             max_prompt_chars=read.integer("MAX_PROMPT_CHARS", 32_000, minimum=1),
             max_body_bytes=read.integer("MAX_BODY_BYTES", 4_500_000, minimum=1024),
             turn_timeout=read.integer("TURN_TIMEOUT", 240, minimum=5),

@@ -54,7 +54,9 @@ class Launcher:
         """The runner's environment: its own HOME and config dir, the model, nothing else of
         ours (no state or storage credentials)."""
         env = {"HOME": sandbox.home, "CLAUDE_CONFIG_DIR": f"{sandbox.home}/.claude",
-               "AGENT_WARM_IDLE": str(self.settings.agent_warm_idle), **_QUIET_CLI}
+               "AGENT_WARM_IDLE": str(self.settings.agent_warm_idle), **_QUIET_CLI,
+               # a model outage fails the turn in seconds, not after minutes of retries
+               "CLAUDE_CODE_MAX_RETRIES": str(self.settings.model_retries)}
         if self.settings.anthropic_base_url:
             env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
         env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY

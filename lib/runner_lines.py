@@ -60,8 +60,19 @@ SCHEMA: dict[str, dict[str, Check]] = {
 }
 
 
-def parse(line: str) -> dict[str, Any] | None:
-    """The line as a message of the runner's protocol, or None when it is not one."""
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """The text without these secrets (a model server may echo the key into its answer or its
+    errors: it must not reach a client, a log or a transcript)."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def parse(line: str, secrets: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The line as a message of the runner's protocol (secrets redacted), or None when it is
+    not one."""
+    line = redact(line, secrets)
     try:
         message = json.loads(line)
     except ValueError:

@@ -75,6 +75,8 @@ class TurnService:
         self.limits = limits
         self.clock = clock
         self.launcher = Launcher(settings)
+        # What the sandbox's output must never carry on (runner_lines.redact).
+        self.secrets = tuple(k for k in (settings.anthropic_api_key, settings.redis_token) if k)
 
     def start(self, user_id: str, prompt: str, options: AgentOptions | None = None,
               chat: str = DEFAULT_CHAT, user_message_id: str | None = None,
@@ -258,7 +260,7 @@ class Turn:
             self._save(outcome["session_id"])
             raise outcome["error"]
         if outcome["type"] == "timeout":
-            if outcome["session_id"]:  # what the turn did is in its transcript: keep it
+            if outcome["session_id"] and outcome.get("answered"):  # what it did is kept
                 self._save(outcome["session_id"])
             raise TurnTimeout(f"the turn ran out of its {service.settings.turn_timeout} s; "
                               "what it did so far is kept and the conversation goes on")
@@ -386,13 +388,14 @@ class Turn:
         failure: dict[str, Any] | None = None
         session_id: str | None = None
         said: list[str] = []
+        acted = False  # the agent used a tool
         garbage = 0
         self._process = process
         if self._stop_asked.is_set():  # asked before the runner started
             self.stop()
         try:
             for line in process.lines():
-                message = runner_lines.parse(line)
+                message = runner_lines.parse(line, self.service.secrets)
                 if message is None:  # not the runner's protocol: never trusted, never used
                     garbage += 1
                     continue
@@ -404,6 +407,7 @@ class Turn:
                     session_id = str(message.get("session_id") or "") or None
                     self._began = True
                 elif kind in ("tool_use", "tool_result"):
+                    acted = True
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":
                     self._mirror(message)
@@ -424,11 +428,12 @@ class Turn:
         if self._stop_asked.is_set() and not timed_out.is_set():
             return {"type": "stopped", "text": "".join(said),
                     "session_id": (result or {}).get("session_id") or session_id}
-        if timed_out.is_set():
-            return {"type": "timeout", "session_id": session_id}
+        if timed_out.is_set():  # a turn that produced no answer is not a turn
+            return {"type": "timeout", "session_id": session_id, "answered": bool(said) or acted}
         if failure or result is None:
             log.warning("runner failed (exit %s, %d garbage lines): %s | stderr: %s", code,
-                        garbage, failure, process.stderr_tail())
+                        garbage, failure,
+                        runner_lines.redact(process.stderr_tail(), self.service.secrets))
             detail = failure.get("message") if failure else f"the runner exited with status {code}"
             raise AgentFailed(f"the agent could not run: {detail}")
         max_turns = result.get("subtype") == "error_max_turns"  # an answer, cut short: "length"

@@ -903,3 +903,29 @@ def test_cors_lets_listed_origins_call_and_read_the_api(world: World):
         world.services.settings.__dict__["cors_origins"] = ()
     assert "Access-Control-Allow-Origin" not in world.client().post(
         "/api/chat", json={"prompt": "hi"}, headers={**ALICE, **ok}).headers  # none by default
+
+
+def test_the_model_key_echoed_by_upstream_reaches_no_client_log_or_transcript(world: World,
+                                                                              capsys):
+    key = world.services.settings.anthropic_api_key
+    world.sandboxes.scripts.append(Script([
+        line("session", session_id="sess-1"), line("text", text=f"your key is {key}"),
+        mirror("sess-1", "hi", f"your key is {key}"),
+        line("error", code="agent_failed", message=f"401 invalid x-api-key {key}",
+             detail=f"stderr {key}")], exit_code=1, stderr=f"boom {key}"))
+    body = world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data
+    assert key not in body.decode() and "[redacted]" in body.decode()
+    assert key not in json.dumps(world.transcript())
+    assert key not in capsys.readouterr().err
+
+
+def test_a_timed_out_turn_that_produced_nothing_is_not_counted(world: World):
+    seed(world)
+    world.services.settings.__dict__["turn_timeout"] = 1
+    world.sandboxes.scripts.append(Script([line("session", session_id="sess-1")], hang=True))
+    try:
+        response = world.turn("the model is down")
+    finally:
+        world.services.settings.__dict__["turn_timeout"] = 240
+    assert response.status_code == 504
+    assert world.stored().turns == 1 and world.stored().dirty  # not a turn; resumed past next

@@ -554,3 +554,43 @@ def test_a_turn_whose_agent_died_is_not_remembered(serve, slow_model, tmp_path: 
     shown = httpx.get(f"{dev.url}/api/session/messages", headers=headers).json()["messages"]
     assert [m["text"] for m in shown if m["role"] == "user"] == [
         "Remember: pear.", "What do you remember?"]
+
+
+def test_a_model_that_cannot_be_reached_fails_the_turn_fast_and_counts_nothing(serve):
+    from tests.conftest import free_port
+
+    dev = serve(f"http://127.0.0.1:{free_port()}", AGENT_MODEL_RETRIES="0")  # a closed port
+    started = time.monotonic()
+    failed = chat(dev.url, "hello?", user="otto")
+    elapsed = time.monotonic() - started
+    assert failed.status_code in (502, 504), failed.text
+    assert httpx.get(f"{dev.url}/api/session", headers={"X-User-Id": "otto"}).status_code == 404
+    print(f"closed model port: {failed.status_code} after {elapsed:.1f} s")  # was 177 s
+
+
+@pytest.mark.parametrize("status", [401, 529])
+def test_a_model_that_refuses_fails_the_turn_fast_and_leaks_no_key(serve, status):
+    """A model server answering 401 (a bad key) or 529 (overloaded), echoing the key it got."""
+    def refusing(environ, start_response):
+        key = environ.get("HTTP_X_API_KEY", "")
+        body = json.dumps({"type": "error", "error": {
+            "type": "authentication_error" if status == 401 else "overloaded_error",
+            "message": f"refused key {key}"}}).encode()
+        start_response(f"{status} Refused", [("Content-Type", "application/json")])
+        return [body]
+
+    server = serve_in_background(refusing)
+    try:
+        dev = serve(server.url, ANTHROPIC_API_KEY="sk-ant-echoed-secret-0123456789",
+                    AGENT_MODEL_RETRIES="1")
+        started = time.monotonic()
+        failed = chat(dev.url, "hello?", user=f"uli{status}")
+        elapsed = time.monotonic() - started
+        assert failed.status_code in (502, 504), failed.text
+        assert "sk-ant-echoed-secret" not in failed.text
+        assert "sk-ant-echoed-secret" not in dev.log()
+        assert httpx.get(f"{dev.url}/api/session",
+                         headers={"X-User-Id": f"uli{status}"}).status_code == 404
+        print(f"model answering {status}: {failed.status_code} after {elapsed:.1f} s")
+    finally:
+        server.stop()
