@@ -594,3 +594,47 @@ def test_a_model_that_refuses_fails_the_turn_fast_and_leaks_no_key(serve, status
         print(f"model answering {status}: {failed.status_code} after {elapsed:.1f} s")
     finally:
         server.stop()
+
+
+def sandbox_processes(data_dir: Path, wanted) -> list[int]:
+    """Pids of processes running in a local sandbox under `data_dir` whose argv `wanted`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cwd.startswith(str(data_dir)) and wanted(argv):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("victim", ["relay", "cli"])
+def test_killing_a_sandbox_process_mid_answer_loses_nothing_committed(serve, slow_model,
+                                                                      tmp_path: Path, victim):
+    import signal
+
+    app, model_url = slow_model
+    dev = serve(model_url)
+    assert chat(dev.url, "Remember: plum.", user="kai").status_code == 200
+    wanted = {"relay": lambda argv: b"--job" in argv,
+              "cli": lambda argv: argv[0].endswith(b"/claude")}[victim]
+    killed: list[int] = []
+
+    def kill(_: int, data: str) -> bool:
+        if '"text-delta"' in data and not killed:
+            for pid in sandbox_processes(tmp_path / "data", wanted):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return False
+
+    events = post_stream(None, dev.url, "kai", "Doomed.", kill)
+    assert killed, f"no {victim} process found"
+    assert any('"data-error"' in data for _, data in events)
+    after = chat(dev.url, "What do you remember?", user="kai")
+    assert after.status_code == 200 and after.json()["turn"] == 2, after.text
+    assert requests_ending_with(app, "What do you remember?")[-1] == [
+        "Remember: plum.", "What do you remember?"]

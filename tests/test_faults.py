@@ -91,3 +91,47 @@ def test_a_turn_longer_than_its_lease_keeps_its_lock_by_renewing_it(world_on_own
     gate.set()
     turn.join(10)
     assert answers[0].status_code == 200 and world.lock() is None
+
+
+def stalled_redis_turn(world: World, redis_server: subprocess.Popen, stall_at: str):
+    """A turn whose Redis stops (SIGSTOP) for 2.5 s while the agent runs ("running") or just as
+    it commits ("commit")."""
+    world.services.state.lock_ttl_ms = 5000  # a lease longer than the stall
+    started, gate = threading.Event(), threading.Event()
+    world.sandboxes.scripts.append(Script([line("session", session_id="sess-1"),
+                                           line("text", text="ok"), ok_result("sess-1", "ok")],
+                                          started=started, gate=gate))
+    answers: list = []
+    turn = threading.Thread(target=lambda: answers.append(world.turn("during a stall")))
+    turn.start()
+    assert started.wait(10)
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        if stall_at == "commit":
+            gate.set()
+        time.sleep(2.5)
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    gate.set()
+    turn.join(20)
+    return answers[0]
+
+
+def test_a_redis_stall_while_the_agent_runs_costs_nothing(world_on_own_redis):
+    world, redis_server = world_on_own_redis
+    world.turn("before")
+    answer = stalled_redis_turn(world, redis_server, "running")
+    assert answer.status_code == 200 and answer.json["turn"] == 2
+    assert world.lock() is None
+
+
+def test_a_redis_stall_at_the_commit_never_half_writes_or_forks(world_on_own_redis):
+    world, redis_server = world_on_own_redis
+    world.turn("before")
+    answer = stalled_redis_turn(world, redis_server, "commit")
+    assert answer.status_code in (200, 503)  # 503 if the commit's answer was lost
+    time.sleep(5.5)  # a late commit lands, or the lease lapses
+    after = world.turn("after")
+    assert after.status_code == 200 and after.json["session_id"] == "sess-1"  # no fork
+    turns = world.stored().turns
+    assert turns in (2, 3) and world.lock() is None  # the stalled turn counted once or not
