@@ -1,0 +1,85 @@
+// The real AI SDK client (`Chat` from @ai-sdk/react + `DefaultChatTransport` from ai), run by
+// node against this project's API, as a web app would. Usage:
+//   node ai_sdk_client.mjs PACKAGES_DIR BASE_URL USER SCENARIO
+// SCENARIO "chats": two chats of one user, switched between, a regenerate, history loaded;
+// "resume": a page reloaded mid-turn resumes the stream; "stop": stop() with the stop endpoint.
+// Prints one JSON object with what it saw; tests/test_ai_sdk.py judges it.
+import { createRequire } from "node:module";
+
+const [, , packages, base, user, scenario] = process.argv;
+const require = createRequire(`${packages}/node_modules/`);
+const { DefaultChatTransport } = require("ai");
+const { Chat } = require("@ai-sdk/react");
+
+const headers = { "X-User-Id": user };
+const textOf = (message) =>
+  message.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
+const shown = (chat) => chat.messages.map((m) => ({ id: m.id, role: m.role, text: textOf(m) }));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function transport(newestOnly) {
+  return new DefaultChatTransport({
+    api: `${base}/api/chat`,
+    headers,
+    // the server keeps the history: send only the newest message (the README's advice)
+    ...(newestOnly && {
+      prepareSendMessagesRequest: ({ id, messages, trigger, messageId }) => ({
+        body: { id, messages: messages.slice(-1), trigger, messageId },
+      }),
+    }),
+  });
+}
+
+async function history(id) {
+  const response = await fetch(`${base}/api/chats/${id}/messages?limit=200`, { headers });
+  return (await response.json()).messages;
+}
+
+async function chats() {
+  const a = new Chat({ id: `plums-${user}`, transport: transport(false) });  // whole history
+  const b = new Chat({ id: `pears-${user}`, transport: transport(true) });   // newest only
+  await a.sendMessage({ text: "Remember plum." });
+  await b.sendMessage({ text: "Remember pear." });
+  await a.sendMessage({ text: "Which fruit?" });
+  await b.sendMessage({ text: "Which fruit?" });
+  const before = shown(a);
+  await a.regenerate();
+  return {
+    a: shown(a), b: shown(b), before, status: [a.status, b.status],
+    errors: [String(a.error ?? ""), String(b.error ?? "")],
+    historyA: await history(a.id), historyB: await history(b.id),
+  };
+}
+
+async function resume() {
+  const id = `story-${user}`;
+  const first = new Chat({ id, transport: transport(true) });
+  const sending = first.sendMessage({ text: "Tell me a story about plums and pears." });
+  while (!first.messages.some((m) => m.role === "assistant" && textOf(m))) await sleep(20);
+  const seenBefore = textOf(first.messages.at(-1));
+  // "the page reloads": a new client with the history so far, resuming the running stream
+  const reloaded = new Chat({ id, transport: transport(true), messages: first.messages.slice(0, 1) });
+  await reloaded.resumeStream();
+  await sending;
+  return {
+    seenBefore, resumed: shown(reloaded), first: shown(first), status: reloaded.status,
+    error: String(reloaded.error ?? ""), history: await history(id),
+  };
+}
+
+async function stop() {
+  const id = `stopped-${user}`;
+  const chat = new Chat({ id, transport: transport(true) });
+  const sending = chat.sendMessage({ text: "Tell me everything about plums." });
+  while (!chat.messages.some((m) => m.role === "assistant" && textOf(m))) await sleep(20);
+  const stopped = await fetch(`${base}/api/chat/${id}/stop`, { method: "POST", headers });
+  await chat.stop();  // the client side: its fetch ends
+  await sending.catch(() => {});
+  await sleep(300);
+  await chat.sendMessage({ text: "Go on." });  // accepted at once
+  return { stopStatus: stopped.status, chat: shown(chat), status: chat.status,
+           error: String(chat.error ?? ""), history: await history(id) };
+}
+
+const run = { chats, resume, stop }[scenario];
+console.log(JSON.stringify(await run()));
