@@ -32,7 +32,7 @@ log = logging.getLogger("agent.streamlog")
 
 LOG_TTL_MS = 10 * 60 * 1000
 FLUSH_EVERY = 0.1
-CHECK_EVERY = 0.5
+CHECK_EVERY = 1.0  # a stop lands within this (+ the interrupt); each check is a round trip
 POLL_EVERY = 0.15
 DONE = "[DONE]"
 
@@ -187,7 +187,7 @@ class LiveLog:
             self.on_stop()
 
     def _run(self) -> None:
-        last_check = 0.0
+        last_check = time.monotonic()  # a turn shorter than CHECK_EVERY costs no round trip
         while not self._closed.wait(FLUSH_EVERY) and time.monotonic() < self._ends:
             with self._lock:
                 pending = bool(self._pending)
