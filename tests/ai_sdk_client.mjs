@@ -1,12 +1,14 @@
 // The real AI SDK client (`Chat` from @ai-sdk/react + `DefaultChatTransport` from ai), run by
 // node against this project's API, as a web app would. Usage:
-//   node ai_sdk_client.mjs PACKAGES_DIR BASE_URL USER SCENARIO
-// SCENARIO "chats": two chats of one user, switched between, a regenerate, history loaded;
-// "resume": a page reloaded mid-turn resumes the stream; "stop": stop() with the stop endpoint.
+//   node ai_sdk_client.mjs PACKAGES_DIR BASE_URL USER SCENARIO [NEWEST_ONLY]
+// SCENARIO "chats": two chats of one user, switched between, a regenerate, history loaded
+// (NEWEST_ONLY, "a" or "b": the chat whose transport sends only the newest message; the other
+// sends the whole history, the default); "resume": a page reloaded mid-turn resumes the stream;
+// "stop": stop() with the stop endpoint.
 // Prints one JSON object with what it saw; tests/test_ai_sdk.py judges it.
 import { createRequire } from "node:module";
 
-const [, , packages, base, user, scenario] = process.argv;
+const [, , packages, base, user, scenario, newestOnly = "b"] = process.argv;
 const require = createRequire(`${packages}/node_modules/`);
 const { DefaultChatTransport } = require("ai");
 const { Chat } = require("@ai-sdk/react");
@@ -16,8 +18,9 @@ const textOf = (message) =>
   message.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
 const shown = (chat) => chat.messages.map((m) => ({ id: m.id, role: m.role, text: textOf(m) }));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const sent = [];  // what each chat's transport sent: {chat, trigger, messageId, messages}
 
-function transport(newestOnly) {
+function transport(newestOnly, name = "") {
   return new DefaultChatTransport({
     api: `${base}/api/chat`,
     headers,
@@ -27,26 +30,38 @@ function transport(newestOnly) {
         body: { id, messages: messages.slice(-1), trigger, messageId },
       }),
     }),
+    fetch: async (url, init) => {
+      if (init?.method === "POST" && typeof init.body === "string") {
+        const body = JSON.parse(init.body);
+        sent.push({ chat: name, trigger: body.trigger, messageId: body.messageId ?? null,
+                    messages: body.messages.map((m) => [m.id, m.role]) });
+      }
+      return fetch(url, init);
+    },
   });
 }
 
 async function history(id) {
   const response = await fetch(`${base}/api/chats/${id}/messages?limit=200`, { headers });
-  return (await response.json()).messages;
+  return { status: response.status, ...(await response.json()) };
 }
 
 async function chats() {
-  const a = new Chat({ id: `plums-${user}`, transport: transport(false) });  // whole history
-  const b = new Chat({ id: `pears-${user}`, transport: transport(true) });   // newest only
-  await a.sendMessage({ text: "Remember plum." });
-  await b.sendMessage({ text: "Remember pear." });
-  await a.sendMessage({ text: "Which fruit?" });
-  await b.sendMessage({ text: "Which fruit?" });
-  const before = shown(a);
-  await a.regenerate();
+  const a = new Chat({ id: `plums-${user}`, transport: transport(newestOnly === "a", "a") });
+  const b = new Chat({ id: `pears-${user}`, transport: transport(newestOnly === "b", "b") });
+  const steps = [];
+  const step = async (name, chat, action) => {  // wait with the Chat API, then note its state
+    await action();
+    steps.push({ step: name, status: chat.status, error: String(chat.error ?? ""),
+                 messages: shown(chat) });
+  };
+  await step("a: Remember plum.", a, () => a.sendMessage({ text: "Remember plum." }));
+  await step("b: Remember pear.", b, () => b.sendMessage({ text: "Remember pear." }));
+  await step("a: Which fruit?", a, () => a.sendMessage({ text: "Which fruit?" }));
+  await step("b: Which fruit?", b, () => b.sendMessage({ text: "Which fruit?" }));
+  await step("a: regenerate", a, () => a.regenerate());
   return {
-    a: shown(a), b: shown(b), before, status: [a.status, b.status],
-    errors: [String(a.error ?? ""), String(b.error ?? "")],
+    steps, sent, a: shown(a), b: shown(b),
     historyA: await history(a.id), historyB: await history(b.id),
   };
 }
@@ -63,7 +78,7 @@ async function resume() {
   await sending;
   return {
     seenBefore, resumed: shown(reloaded), first: shown(first), status: reloaded.status,
-    error: String(reloaded.error ?? ""), history: await history(id),
+    error: String(reloaded.error ?? ""), history: (await history(id)).messages,
   };
 }
 
@@ -78,7 +93,7 @@ async function stop() {
   await sleep(300);
   await chat.sendMessage({ text: "Go on." });  // accepted at once
   return { stopStatus: stopped.status, chat: shown(chat), status: chat.status,
-           error: String(chat.error ?? ""), history: await history(id) };
+           error: String(chat.error ?? ""), history: (await history(id)).messages };
 }
 
 const run = { chats, resume, stop }[scenario];
