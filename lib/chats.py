@@ -122,10 +122,11 @@ class Chats:
             raise
         now = self.clock()
         title = f"{source.title or source.first_prompt or 'Conversation'} (fork)"
-        record = lease.record or UserRecord(f"{self.settings.sandbox_name_prefix}{user}", now,
-                                            now)
+        record = lease.record
         self.state.commit_turn(
-            lease, UserRecord(record.sandbox_name, record.created_at, now, record.sandbox_hint),
+            lease, UserRecord(lease.sandbox_name(self.settings.sandbox_name_prefix),
+                              record.created_at if record else now, now,
+                              record.sandbox_hint if record else None),
             ChatRecord(session, prompts_in(copies), now, now, title, source.first_prompt),
             {renamed[old]: seen for old, seen in ids.items() if old in renamed})
         return self.get(user_id, name)
