@@ -61,12 +61,24 @@ class Chats:
 
     def list(self, user_id: str, offset: int, limit: int) -> tuple[list[ChatView], int]:
         """A page of the user's chats, newest activity first, and how many there are."""
-        page, total = self.state.list_chats(self._user(user_id), offset, limit)
-        return [self._view(chat, record) for chat, record in page], total
+        user = self._user(user_id)
+        page, total = self.state.list_chats(user, offset, limit)
+        titles = self._summary_titles(user) if page else {}
+        return [self._view(chat, record, titles.get(record.session_id))
+                for chat, record in page], total
 
     def get(self, user_id: str, chat: str) -> ChatView | None:
-        record = self.state.read_chat(self._user(user_id), chat)
-        return self._view(chat, record) if record else None
+        user = self._user(user_id)
+        record = self.state.read_chat(user, chat)
+        if record is None:
+            return None
+        return self._view(chat, record, self._summary_titles(user).get(record.session_id))
+
+    def _summary_titles(self, user: str) -> dict[str, str]:
+        """Session id -> the title its transcript summary gives (a custom or AI title the CLI
+        wrote, else the first prompt): one listing of the user's summaries, 2 requests."""
+        return {found["session_id"]: found["title"]
+                for found in self.transcripts.list_session_summaries(user) if found["title"]}
 
     def rename(self, user_id: str, chat: str, title: object) -> ChatView | None:
         if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:

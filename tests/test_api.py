@@ -586,6 +586,25 @@ def test_conversations_are_listed_shown_renamed_and_deleted(world: World, clock)
         "home", "default"]
 
 
+def test_a_title_the_cli_wrote_names_the_chat_until_the_user_renames_it(world: World):
+    """The transcript's session summary gives the title (an `ai-title` entry, as the CLI
+    writes it), ahead of the first prompt; a title the user gave wins over both."""
+    chats_client = world.client(chats.app)
+    world.sandboxes.scripts.append(Script([mirror("sess-1", "hello", "hi"), ok_result("sess-1")]))
+    world.turn("hello")
+    assert chats_client.get("/api/chats/default", headers=ALICE).json["title"] == "hello"
+    world.sandboxes.scripts.append(Script([
+        line("mirror", key={"project_key": "-home-agent-work", "session_id": "sess-1"},
+             entries=[{"type": "ai-title", "uuid": "t1", "aiTitle": "Greetings",
+                       "sessionId": "sess-1"}]),
+        ok_result("sess-1")]))
+    world.turn("again")
+    assert chats_client.get("/api/chats/default", headers=ALICE).json["title"] == "Greetings"
+    assert chats_client.get("/api/chats", headers=ALICE).json["chats"][0]["title"] == "Greetings"
+    chats_client.patch("/api/chats/default", json={"title": "Mine"}, headers=ALICE)
+    assert chats_client.get("/api/chats", headers=ALICE).json["chats"][0]["title"] == "Mine"
+
+
 def test_chat_endpoints_answer_bad_input_with_json_errors(world: World):
     chats_client = world.client(chats.app)
     world.turn("hi")

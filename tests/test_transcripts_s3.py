@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from lib.transcripts import SdkSessionStore, SessionKey
 from lib.transcripts.s3 import S3Transcripts
+from tests.test_transcripts_upstash import check_titles
 
 KEY: SessionKey = {"project_key": "user-hash", "session_id": "3f0c8a4e-0000-4000-8000-000000000001"}
 
@@ -51,3 +52,23 @@ def test_many_batches_load_in_order_and_delete_in_bulk(s3):
     assert [e["n"] for e in store.load(KEY)] == list(range(1001))
     store.delete(KEY)
     assert store.load(KEY) is None
+
+
+def test_summaries_give_titles(s3):
+    store = S3Transcripts(s3, "transcripts", "t/")
+    check_titles(store)
+    assert [s["session_id"] for s in store.list_sessions("titles")] == ["s2"]  # no `!summaries`
+
+
+def test_a_summary_costs_two_requests_per_append_and_one_read_per_session(s3):
+    store = S3Transcripts(s3, "transcripts", "t/")
+    calls: list[str] = []
+    s3.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    store.append(KEY, [{"type": "user", "uuid": "u1", "message": {"content": "hello"}}])
+    assert sorted(calls) == ["GetObject", "PutObject", "PutObject"]
+    calls.clear()
+    store.append({**KEY, "subpath": "subagents/agent-1"}, [{"type": "user", "uuid": "s1"}])
+    assert calls == ["PutObject"]
+    calls.clear()
+    (found,) = store.list_session_summaries(KEY["project_key"])
+    assert found["title"] == "hello" and sorted(calls) == ["GetObject", "ListObjectsV2"]

@@ -4,6 +4,8 @@
 `SessionStore` protocol (DESIGN §4) with the same keys and meaning. Adapters: `upstash.py`
 (default) and `s3.py`. `SdkSessionStore` wraps one in the SDK's async protocol (for the SDK's
 conformance suite, or for code that runs the SDK in-process) without importing the SDK.
+`list_session_summaries` (the protocol's optional method) lists a user's sessions with their
+titles from small summaries the adapters keep up to date on append (`summary.py`).
 
 The function scopes every key it writes by the authenticated user (`project_key` = user hash),
 whatever the sandbox reports: a sandbox can never write into another user's transcripts.
@@ -29,6 +31,19 @@ class SessionListEntry(TypedDict):
     mtime: int  # epoch milliseconds
 
 
+class SessionSummary(TypedDict):
+    """One session as a list of conversations shows it, kept up to date on every append to its
+    main transcript (subagent transcripts do not count). The SDK's `SessionSummaryEntry`
+    (`session_id`, `mtime`, `data`) with our own fields added."""
+
+    session_id: str
+    mtime: int  # epoch ms of the last append, the clock `list_sessions` uses (never older)
+    data: dict[str, Any]  # the SDK's summary state (custom_title, ai_title, first_prompt, ...)
+    title: str | None  # customTitle, else aiTitle, else the first prompt; None if none yet
+    first_prompt: str | None  # the first prompt a person typed (no injected text), <= 80 chars
+    created_at: int | None  # epoch ms of the first entry's `timestamp`
+
+
 class TranscriptStore(Protocol):
     def append(self, key: SessionKey, entries: list[Entry]) -> None:
         """Add entries in order; an entry whose `uuid` is already stored is skipped."""
@@ -39,6 +54,11 @@ class TranscriptStore(Protocol):
         ...
 
     def list_sessions(self, project_key: str) -> list[SessionListEntry]: ...
+
+    def list_session_summaries(self, project_key: str) -> list[SessionSummary]:
+        """A summary per session whose main transcript was appended to since summaries exist
+        (in no particular order); a few requests whatever the number of entries."""
+        ...
 
     def delete(self, key: SessionKey) -> None:
         """Delete a transcript; without `subpath`, with all its subkeys."""
@@ -90,6 +110,9 @@ class SdkSessionStore:
 
     async def list_sessions(self, project_key: str) -> list[SessionListEntry]:
         return await asyncio.to_thread(self.store.list_sessions, project_key)
+
+    async def list_session_summaries(self, project_key: str) -> list[SessionSummary]:
+        return await asyncio.to_thread(self.store.list_session_summaries, project_key)
 
     async def delete(self, key: SessionKey) -> None:
         await asyncio.to_thread(self.store.delete, key)

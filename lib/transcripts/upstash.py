@@ -6,6 +6,9 @@ Per transcript (main, or one subagent `subpath`), with `<t>` = `<prefix>:tx:<pro
   ...:u                            set of the `uuid`s stored (the idempotency key of a retried batch)
   <t>:subs                         set of the session's subpaths
   <prefix>:tx:<project>:idx        sorted set: session id -> last append (epoch ms)
+  <t>:sum                          hash: the session's summary (`summary.py`): `d:<SDK field>`,
+                                   `prompt`, `mtime` (= its index score), values JSON
+  <prefix>:tx:<project>:sums       hash: session id -> byte size of its summary (plans reads)
 
 Every append is one Lua script per chunk (dedup, push, index, TTL refresh: atomic), chunks sized
 so no request exceeds `max_request_bytes`; reads are `LRANGE` pages planned from the lengths so
@@ -13,6 +16,11 @@ no answer exceeds it either. An entry too large for one request is stored as bas
 consecutive items (`\0part i/n ...`), its `uuid` checked with the last piece, so a retried
 write leaves at most an incomplete run of pieces, which `load` skips. Every key's TTL is
 refreshed on append (retention).
+
+Summaries are merged by the same append script (the last chunk of a main transcript's append
+carries `summary.delta` of the whole batch: no extra request), so `list_session_summaries` is
+one request for the index and the sizes, then one pipelined request per `max_request_bytes` of
+summaries (each at most a few KB, typically a few hundred bytes), whatever the transcripts hold.
 """
 
 from __future__ import annotations
@@ -26,14 +34,16 @@ from urllib.parse import quote
 from upstash_redis import Redis
 
 from lib.state import call_safely
-from lib.transcripts import Entry, SessionKey, SessionListEntry
+from lib.transcripts import Entry, SessionKey, SessionListEntry, SessionSummary, summary
 
-# KEYS: entries, lengths, uuids, index, subs. ARGV: ttl s, now ms, session id, subpath ('' = main),
+# KEYS: entries, lengths, uuids, index, subs, summary, summary sizes. ARGV: ttl s, now ms,
+# session id, subpath ('' = main), n, then n summary ops (op, field, value) (`summary.merge`),
 # then (uuid or '', entry json) pairs -> number of entries added
 _APPEND = """#!lua flags=allow-key-locking
 local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ops = 6 + 3 * tonumber(ARGV[5])
 local added = 0
-for i = 5, #ARGV, 2 do
+for i = ops, #ARGV, 2 do
   if ARGV[i] == '' or redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[1], ARGV[i + 1])
     redis.call('RPUSH', KEYS[2], string.len(ARGV[i + 1]))
@@ -42,11 +52,31 @@ for i = 5, #ARGV, 2 do
 end
 if ARGV[4] == '' then
   redis.call('ZADD', KEYS[4], now, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (now - ttl * 1000))
+  local cutoff = '(' .. (now - ttl * 1000)
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)) do
+    redis.call('HDEL', KEYS[7], gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
 else
   redis.call('SADD', KEYS[5], ARGV[4])
 end
-for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
+if ops > 6 then
+  local locked = redis.call('HEXISTS', KEYS[6], 'd:first_prompt_locked') == 1
+  for i = 6, ops - 1, 3 do
+    local op = ARGV[i]
+    if op == 'drop' then
+      redis.call('HDEL', KEYS[6], ARGV[i + 1])
+    elseif op == 'last' or (op == 'unlocked' and not locked) then
+      redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2])
+    elseif op == 'once' or (op == 'unlocked_once' and not locked) then
+      redis.call('HSETNX', KEYS[6], ARGV[i + 1], ARGV[i + 2])
+    end
+  end
+  local size = 0
+  for _, item in ipairs(redis.call('HGETALL', KEYS[6])) do size = size + string.len(item) end
+  redis.call('HSET', KEYS[7], ARGV[3], size)
+end
+for i = 1, 7 do redis.call('EXPIRE', KEYS[i], ttl) end
 return added
 """
 
@@ -109,13 +139,23 @@ class UpstashTranscripts:
         return [entries, f"{entries}:n", f"{entries}:u"]
 
     # protocol -----------------------------------------------------------------------------------
+    def _summary_keys(self, key: SessionKey) -> list[str]:
+        return [f"{self._session(key)}:sum", f"{self._project(key['project_key'])}:sums"]
+
     def append(self, key: SessionKey, entries: list[Entry]) -> None:
         keys = [*self._transcript_keys(key), f"{self._project(key['project_key'])}:idx",
-                f"{self._session(key)}:subs"]
-        head = [str(self.ttl), str(int(time.time() * 1000)), key["session_id"],
-                key.get("subpath") or ""]
-        for chunk in self._chunks(keys, head, entries):
-            call_safely(lambda chunk=chunk: self.redis.eval(_APPEND, keys, head + chunk), attempts=2)
+                f"{self._session(key)}:subs", *self._summary_keys(key)]
+        now = int(time.time() * 1000)
+        head = [str(self.ttl), str(now), key["session_id"], key.get("subpath") or ""]
+        ops: list[str] = []
+        if not key.get("subpath") and entries:  # the summary: one hash, merged by the script
+            for op, name, value in [*summary.delta(entries), ("last", "mtime", now)]:
+                ops += [op, name, json.dumps(value, ensure_ascii=False)]
+        summarized = [*head, str(len(ops) // 3), *ops]
+        chunks = list(self._chunks(keys, summarized, entries))  # each sized as if it carried ops
+        for index, chunk in enumerate(chunks):
+            args = (summarized if index == len(chunks) - 1 else [*head, "0"]) + chunk
+            call_safely(lambda args=args: self.redis.eval(_APPEND, keys, args), attempts=2)
 
     def _chunks(self, keys: list[str], head: list[str], entries: list[Entry]) -> Iterator[list[str]]:
         """Split the entries into argument lists whose whole request fits `max_request_bytes`."""
@@ -187,6 +227,44 @@ class UpstashTranscripts:
                                                        withscores=True), attempts=2)
         return [{"session_id": member, "mtime": int(score)} for member, score in scored]
 
+    def list_session_summaries(self, project_key: str) -> list[SessionSummary]:
+        """One request for the index and the summaries' sizes, then the summaries themselves in
+        as few pipelined requests as fit `max_request_bytes` (one, for hundreds of sessions)."""
+        project = self._project(project_key)
+        oldest = int(time.time() * 1000) - self.ttl * 1000
+        pipe = self.redis.pipeline()
+        pipe.zrange(f"{project}:idx", oldest, "+inf", sortby="BYSCORE", withscores=True)
+        pipe.hgetall(f"{project}:sums")
+        scored, sizes = call_safely(pipe.exec, attempts=2)
+        sessions = [str(member) for member, _ in scored if member in sizes]  # others: none yet
+        summaries: list[SessionSummary] = []
+        for page in self._summary_pages(sessions, sizes):
+            pipe = self.redis.pipeline()
+            for session_id in page:
+                pipe.hgetall(self._summary_keys({"project_key": project_key,
+                                                 "session_id": session_id})[0])
+            for session_id, stored in zip(page, call_safely(pipe.exec, attempts=2), strict=True):
+                fields = {name: json.loads(value) for name, value in (stored or {}).items()}
+                if "mtime" in fields:  # else deleted since the index was read
+                    summaries.append(summary.summary_from(session_id, int(fields.pop("mtime")),
+                                                          fields))
+        return summaries
+
+    def _summary_pages(self, sessions: list[str], sizes: dict[str, str]) -> Iterator[list[str]]:
+        """Sessions in pages whose summaries (base64-encoded in a JSON answer) fit one answer."""
+        budget = self.max_request_bytes - 64
+        page: list[str] = []
+        size = 0
+        for session_id in sessions:
+            item = _b64_size(int(sizes[session_id])) + 32 * 16  # quotes and commas of ~16 fields
+            if page and size + item > budget:
+                yield page
+                page, size = [], 0
+            page.append(session_id)
+            size += item
+        if page:
+            yield page
+
     def list_subkeys(self, key: SessionKey) -> list[str]:
         subs = call_safely(lambda: self.redis.smembers(f"{self._session(key)}:subs"), attempts=2)
         return sorted(subs)
@@ -199,10 +277,12 @@ class UpstashTranscripts:
             tx.srem(f"{self._session(key)}:subs", key["subpath"])
         else:
             subpaths = self.list_subkeys(key)
-            doomed = self._transcript_keys(key) + [f"{self._session(key)}:subs"]
+            summary_key, sizes_key = self._summary_keys(key)
+            doomed = self._transcript_keys(key) + [f"{self._session(key)}:subs", summary_key]
             for subpath in subpaths:
                 doomed += self._transcript_keys({**key, "subpath": subpath})
             tx = self.redis.multi()
             tx.delete(*doomed)
             tx.zrem(f"{self._project(key['project_key'])}:idx", key["session_id"])
+            tx.hdel(sizes_key, key["session_id"])
         call_safely(tx.exec, attempts=2)
