@@ -1,14 +1,17 @@
-"""A turn through our whole HTTP path against a bare `claude_agent_sdk.query(resume=...)`.
+"""A turn through our whole HTTP path against the SDK used directly, in one run.
 
-Offline, on this machine, in one run: the offline model and the Upstash stand-in in this
-process, the dev server (local sandboxes) as its own process. Prints medians of REPEAT runs
-after a warm-up, and:
+Offline, on this machine: the offline model and the Upstash stand-in in this process, the dev
+server (local sandboxes) as its own process. Prints medians of REPEAT runs after a warm-up, and:
+  client      a connected `ClaudeSDKClient` in one process, one turn after another: the floor
+              for this design (the model's time plus the CLI's)
   raw         a new Python process running one resumed query(), as a user would without us
   turn cold   POST /api/chat for a new user (new sandbox, runner installed, new session)
-  turn warm   POST /api/chat for a user with a session (resume)
-  overhead    the function's own time per turn: Server-Timing lock + attach + save (the rest
-              is the runner), and the client's wall time minus the runner's
-  round trips Redis requests per warm turn (state + transcript appends), from the stand-in
+  turn warm   POST /api/chat for a user with a session (resume), and its ratio to the client
+  breakdown   where a warm turn's time goes, from the function's Server-Timing and the agent's
+              own clock (the result line's agent_ms)
+  round trips Redis requests per warm turn, counted by the stand-in
+  cold start  a new function process: import api.session, build the services, answer
+              GET /api/session
   imports     cold import time of each api/ module in a new process
   memory      peak RSS of the function process (the dev server) after the turns
 """
@@ -35,7 +38,7 @@ from lib.devtools.upstash_server import DEV_TOKEN, UpstashRestServer
 from lib.sandboxes.local import stop_warm_agents
 
 ROOT = Path(__file__).resolve().parents[1]
-REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "9"))
 
 RAW = textwrap.dedent("""
     import anyio, sys
@@ -46,6 +49,34 @@ RAW = textwrap.dedent("""
             if isinstance(message, ResultMessage):
                 print(message.session_id)
     anyio.run(main)
+""")
+
+
+CLIENT = textwrap.dedent("""
+    import anyio, json, sys, time
+    from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
+    async def turn(client, prompt):
+        started = time.perf_counter()
+        await client.query(prompt)
+        async for message in client.receive_response():
+            if isinstance(message, ResultMessage):
+                return time.perf_counter() - started
+    async def main():
+        options = ClaudeAgentOptions(cwd=sys.argv[1], max_turns=8, include_partial_messages=True)
+        async with ClaudeSDKClient(options) as client:
+            await turn(client, "warm-up")
+            print(json.dumps([await turn(client, f"client {i}") for i in range(int(sys.argv[2]))]))
+    anyio.run(main)
+""")
+
+COLD_START = textwrap.dedent("""
+    import json, time
+    started = time.perf_counter()
+    import api.session
+    imported = time.perf_counter()
+    answer = api.session.app.test_client().get("/api/session", headers={"X-User-Id": "cold"})
+    assert answer.status_code in (200, 404), answer.data
+    print(json.dumps([imported - started, time.perf_counter() - started]))
 """)
 
 
@@ -60,14 +91,39 @@ def raw_query(env: dict[str, str], workdir: Path, session: str, prompt: str) -> 
     return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]
 
 
-def bench_raw(model_url: str) -> list[float]:
-    home = Path(tempfile.mkdtemp(prefix="bench-raw-"))
+def sdk_home(model_url: str) -> tuple[dict[str, str], Path]:
+    """An environment and a work dir of their own, as a sandbox's, for using the SDK directly."""
+    home = Path(tempfile.mkdtemp(prefix="bench-sdk-"))
     (home / "work").mkdir()
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-           "ANTHROPIC_BASE_URL": model_url, "ANTHROPIC_API_KEY": "offline",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-    _, session = raw_query(env, home / "work", "", "warm-up")
-    return [raw_query(env, home / "work", session, f"raw {i}")[0] for i in range(REPEAT)]
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+            "ANTHROPIC_BASE_URL": model_url, "ANTHROPIC_API_KEY": "offline",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}, home / "work"
+
+
+def bench_raw(model_url: str) -> list[float]:
+    env, work = sdk_home(model_url)
+    _, session = raw_query(env, work, "", "warm-up")
+    return [raw_query(env, work, session, f"raw {i}")[0] for i in range(REPEAT)]
+
+
+def bench_client(model_url: str) -> list[float]:
+    env, work = sdk_home(model_url)
+    done = subprocess.run([sys.executable, "-c", CLIENT, str(work), str(REPEAT)], env=env,
+                          capture_output=True, text=True, check=True, cwd=work)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_cold_start(upstash_url: str, data_dir: str) -> tuple[float, float, float]:
+    """(import, import + build + answer, the whole process), medians of REPEAT new processes."""
+    env = {**os.environ, "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
+           "AUTH_MODE": "dev", "DATA_DIR": data_dir}
+    runs = []
+    for _ in range(REPEAT):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", COLD_START], env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        runs.append([*json.loads(done.stdout), time.perf_counter() - started])
+    return tuple(median_ms([run[i] for run in runs]) for i in range(3))  # type: ignore[return-value]
 
 
 def start_dev_server(upstash_url: str, model_url: str, data_dir: str) -> tuple[subprocess.Popen, str]:
@@ -111,49 +167,70 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+PHASES = [  # (row, how it is computed from a turn's Server-Timing and wall time), in order
+    ("HTTP + Flask + the rest of the function", lambda t: t["wall"] - t["lock"] - t["attach"]
+     - t["run"] - t["save"]),
+    ("lock + load + rate limit (1 round trip)", lambda t: t["lock"]),
+    ("attach (the user's sandbox)", lambda t: t["attach"]),
+    ("runner process: start, socket hop, exit", lambda t: t["run"] - t["agent"] - t["mirror"]),
+    ("the agent's turn (warm agent, its clock)", lambda t: t["agent"]),
+    ("mirroring the transcript (held)", lambda t: t["mirror"]),
+    ("save + release + transcript (1 round trip)", lambda t: t["save"]),
+]
+
+
 def main() -> None:
     model, upstash = OfflineModel(), UpstashRestServer()
     model_server, upstash_server = serve_in_background(model), serve_in_background(upstash)
     data_dir = tempfile.mkdtemp(prefix="bench-data-")
     process, url = start_dev_server(upstash_server.url, model_server.url, data_dir)
     try:
+        client = bench_client(model_server.url)
         raw = bench_raw(model_server.url)
         turn(url, "warm-up", "warm-up")
         cold = [turn(url, f"cold-{uuid.uuid4().hex[:8]}", "hello")[0] for _ in range(REPEAT)]
         user = f"warm-{uuid.uuid4().hex[:8]}"
         turn(url, user, "first")
-        warm, overhead, server, trips = [], [], [], []
+        warm, timings, trips = [], [], []
         for i in range(REPEAT):
             before = upstash.round_trips
             elapsed, timing = turn(url, user, f"turn {i}")
             trips.append(upstash.round_trips - before)
             warm.append(elapsed)
-            overhead.append(elapsed - timing["run"])
-            server.append(timing["lock"] + timing["attach"] + timing["save"])
+            timings.append({"mirror": 0.0, "agent": 0.0, **timing, "wall": elapsed})
         memory = peak_rss_mb(process.pid)
+        cold_start = bench_cold_start(upstash_server.url, data_dir)
     finally:
         process.terminate()
         process.wait()
         stop_warm_agents(Path(data_dir))
         model_server.stop()
         upstash_server.stop()
+    ratio = median_ms(warm) / median_ms(client)
     print(f"turns: medians of {REPEAT} after a warm-up (offline model, local sandboxes)")
+    print(f"  in-process ClaudeSDKClient    {median_ms(client):8.0f} ms  (the floor)")
     print(f"  raw query() in a new process  {median_ms(raw):8.0f} ms")
     print(f"  turn cold (new user)          {median_ms(cold):8.0f} ms  "
           f"{median_ms(cold) / median_ms(raw):.2f}x raw")
     print(f"  turn warm (resume)            {median_ms(warm):8.0f} ms  "
-          f"{median_ms(warm) / median_ms(raw):.2f}x raw")
-    print(f"  function overhead, warm turn  {median_ms(server):8.1f} ms (lock + attach + save); "
-          f"{median_ms(overhead):.1f} ms client wall time outside the runner")
+          f"{median_ms(warm) / median_ms(raw):.2f}x raw, {ratio:.2f}x the in-process client "
+          f"(target <= 1.5)")
+    print("  where a warm turn's time goes (medians per phase, ms):")
+    breakdown = {row: median_ms([phase(t) for t in timings]) for row, phase in PHASES}
+    for row, ms in breakdown.items():
+        print(f"    {row:<44} {ms:7.1f}")
     print(f"  Redis round trips, warm turn  {statistics.median(trips):8.0f} "
-          f"(min {min(trips)}, max {max(trips)}; state + rate limit + transcript appends)")
+          f"(min {min(trips)}, max {max(trips)}; target 2)")
+    print(f"  cold start of a function process: import {cold_start[0]:.0f} ms, + build + answer "
+          f"GET /api/session {cold_start[1]:.0f} ms; whole process {cold_start[2]:.0f} ms")
     for module, seconds in import_times().items():
         print(f"  cold import {module:<22} {seconds * 1000:8.0f} ms")
     print(f"  peak RSS of the function process {memory:6.0f} MB")
-    print(json.dumps({"raw_ms": median_ms(raw), "cold_ms": median_ms(cold),
-                      "warm_ms": median_ms(warm), "overhead_ms": median_ms(server),
-                      "client_overhead_ms": median_ms(overhead),
-                      "round_trips": statistics.median(trips), "peak_rss_mb": memory}))
+    print(json.dumps({"client_ms": median_ms(client), "raw_ms": median_ms(raw),
+                      "cold_ms": median_ms(cold), "warm_ms": median_ms(warm),
+                      "warm_over_client": round(ratio, 2), "breakdown_ms": breakdown,
+                      "round_trips": statistics.median(trips), "cold_start_ms": cold_start[1],
+                      "cold_process_ms": cold_start[2], "peak_rss_mb": memory}))
 
 
 if __name__ == "__main__":

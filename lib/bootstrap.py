@@ -50,7 +50,7 @@ def build(
         state,
         streamlog,
         TurnService(settings, state, sandboxes, transcripts,
-                    TurnLimits(redis, settings.key_prefix, settings.rate_limit,
+                    TurnLimits(settings.key_prefix, settings.rate_limit,
                                settings.max_turns_per_day), streamlog, clock),
         Chats(settings, state, transcripts, clock),
         Cleanup(settings, state, sandboxes, transcripts, clock),

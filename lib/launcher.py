@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from lib.config import Settings
-from lib.runner import LAUNCHER, RUNNER_SOURCE_PATH
+from lib.runner import LAUNCHER, PYTHON_FLAGS, RUNNER_SOURCE_PATH
 from lib.sandboxes import Sandbox
 
 # The CLI only needs these to run offline or against the real API; nothing else of ours leaks in.
@@ -46,8 +46,8 @@ class Launcher:
             sandbox.write_files({job_file: json.dumps(job).encode()})
             job_args = ["--job-file", job_file]
         marker, want = sandbox.install_marker or ("", "")
-        argv = [sandbox.python, "-c", LAUNCHER, self.runner_path(sandbox), sandbox.workdir,
-                marker, want, *job_args]
+        argv = [sandbox.python, PYTHON_FLAGS, "-c", LAUNCHER, self.runner_path(sandbox),
+                sandbox.workdir, marker, want, *job_args]
         return [*argv, "--warm"] if self.settings.agent_warm else argv
 
     def env(self, sandbox: Sandbox) -> dict[str, str]:

@@ -46,13 +46,15 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "tool_use": {"id": _id, "name": _text(200), "input": lambda v: True},
     "tool_result": {"tool_use_id": _id, "is_error": lambda v: isinstance(v, bool)},
     "mirror": {"key": _key, "entries": lambda v: isinstance(v, list)
-               and all(isinstance(e, dict) for e in v)},
+               and all(isinstance(e, dict) for e in v),
+               "catch_up": _optional(lambda v: isinstance(v, bool))},
     "result": {"session_id": _optional(_id), "text": _optional(_text()),
                "is_error": lambda v: isinstance(v, bool), "subtype": _optional(_text(100)),
                "errors": lambda v: v is None or (isinstance(v, list)
                                                  and all(isinstance(e, str) for e in v)),
                "usage": _optional(_usage), "cost_usd": _optional(_number),
-               "num_turns": _optional(lambda v: isinstance(v, int) and not isinstance(v, bool))},
+               "num_turns": _optional(lambda v: isinstance(v, int) and not isinstance(v, bool)),
+               "agent_ms": _optional(_number)},
     "restore_needed": {"session_id": _id},
     "needs_install": {"missing": lambda v: isinstance(v, list)
                       and set(v) <= {"runner", "agent"}},

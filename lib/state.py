@@ -38,7 +38,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TypeVar
 
@@ -47,6 +47,8 @@ from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
 from lib.errors import LockLost, ServiceError, StateUnavailable, TurnInProgress
+from lib.limits import CHECK_LUA, COUNT_LUA, NO_LIMITS, LimitCheck, TurnLimits
+from lib.transcripts import Rider
 
 T = TypeVar("T")
 DEFAULT_CHAT = "default"
@@ -55,11 +57,13 @@ TURN_LEASE_MS = 30_000  # renewed while the turn runs (streamlog.py); a dead tur
 # The first line lets Upstash lock only the script's keys; the local stand-in strips it.
 _KEY_LOCKING = "#!lua flags=allow-key-locking\n"
 
-# KEYS: user lock, busy, chat lock, user record, chat, stream log. ARGV: token, lease ms, now ms
-# -> {1, record or "", chat fields...} | {0, pttl, "user" | "chat"}
-# The turn's stream log (streamlog.py) starts here, with the turn's token: no round trip of its
-# own.
-# Taking a lock that already holds our token succeeds, so a retried acquire is idempotent.
+# KEYS: user lock, busy, chat lock, user record, chat, stream log, then the limits' (limits.py).
+# ARGV: token, lease ms, now ms, then the limits'.
+# -> {1, record or "", chat fields...} | {0, pttl, "user" | "chat"} | {0, reset ms, "rate" | "daily"}
+# The turn's stream log (streamlog.py) starts here, with the turn's token, and the turn counts
+# against the user's limits once it has the lock: no round trips of their own.
+# Taking a lock that already holds our token succeeds, so a retried acquire is idempotent (and
+# is not counted twice).
 _BEGIN_TURN = _KEY_LOCKING + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('PTTL', KEYS[1]), 'user'}
@@ -67,6 +71,10 @@ end
 local current = redis.call('GET', KEYS[3])
 if current and current ~= ARGV[1] then
   return {0, redis.call('PTTL', KEYS[3]), 'chat'}
+end
+""" + CHECK_LUA + """
+if not current then
+""" + COUNT_LUA + """
 end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
@@ -313,23 +321,29 @@ class StateStore:
         return f"{user}:{chat}"
 
     # turns ---------------------------------------------------------------------------------------
-    def begin_turn(self, user: str, chat: str) -> Lease:
-        """Take the chat's turn lock, count the turn as running for the user, and read the user
-        record and the chat, in one round trip."""
+    def begin_turn(self, user: str, chat: str, limits: TurnLimits | None = None) -> Lease:
+        """Take the chat's turn lock, count the turn as running for the user (and against
+        `limits`: RateLimited when over them, the lock not taken), and read the user record and
+        the chat, in one round trip."""
         token = secrets.token_urlsafe(18)
+        now = self.clock_ms()
+        check: LimitCheck = limits.check(user, now) if limits else NO_LIMITS
         keys = [self._user(user, "lock"), self._user(user, "busy"), self._chat(user, chat, "lock"),
-                self._user(user, "rec"), self._chat(user, chat), self._chat(user, chat, "log")]
+                self._user(user, "rec"), self._chat(user, chat), self._chat(user, chat, "log"),
+                *check.keys]
         lease = min(self.lock_ttl_ms, TURN_LEASE_MS)
         try:
             answer = call_safely(
                 lambda: self.redis.eval(_BEGIN_TURN, keys,
-                                        [token, str(lease), str(self.clock_ms())]),
+                                        [token, str(lease), str(now), *check.args]),
                 attempts=2,  # same token: a retry after a lost answer cannot lock us out
             )
         except StateUnavailable:
             self._release_later(Lease(user, token, None, chat))
             raise
         if not answer[0]:
+            if answer[2] in ("rate", "daily"):
+                raise TurnLimits.refused(answer[2], answer[1])
             if answer[2] == "user":
                 raise TurnInProgress("this user's sandbox is being cleaned up; retry shortly",
                                      retry_after=_retry_after(answer[1]))
@@ -342,9 +356,10 @@ class StateStore:
         return Lease(user, token, record, chat, chat_record, legacy)
 
     def commit_turn(self, lease: Lease, record: UserRecord, chat: ChatRecord,
-                    ids: dict[str, str] | None = None) -> None:
+                    ids: dict[str, str] | None = None, riders: Sequence[Rider] = ()) -> None:
         """Save the user record and the chat, index their activity, keep the message ids and
-        release the lock, in one round trip."""
+        release the lock, in one round trip, with the `riders` (the turn's transcript batches:
+        mirror.py) in the same transaction."""
         assert lease.chat is not None
         user, name = lease.user, lease.chat
         keys = [self._chat(user, name, "lock"), self._user(user, "busy"), self._user(user, "rec"),
@@ -357,7 +372,17 @@ class StateStore:
         args = [lease.token, record.to_json(), str(record.last_active_at), user, name,
                 self.chat_member(user, name), str(len(chat_fields)), *chat_fields,
                 str(len(id_pairs)), *id_pairs, *legacy]
-        saved = call_safely(lambda: self.redis.eval(_COMMIT_TURN, keys, args), attempts=2)
+
+        def commit() -> int:
+            if not riders:
+                return self.redis.eval(_COMMIT_TURN, keys, args)
+            transaction = self.redis.multi()
+            for rider in riders:  # idempotent (uuids), like the commit: safe to send again
+                rider(transaction)
+            transaction.eval(_COMMIT_TURN, keys, args)
+            return transaction.exec()[-1]
+
+        saved = call_safely(commit, attempts=2)
         if not saved:
             raise LockLost("the turn outlived its lock; its result was not saved")
 

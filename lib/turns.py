@@ -21,7 +21,7 @@ from typing import Any
 from lib import logs, runner_lines
 from lib.auth import user_hash
 from lib.config import AgentOptions, Settings
-from lib.conversation import messages_from, rewind_point, shorten
+from lib.conversation import rewind_point, shorten
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import (
     Notice,
@@ -34,10 +34,11 @@ from lib.events import (
 )
 from lib.launcher import Launcher
 from lib.limits import TurnLimits
+from lib.mirror import TranscriptMirror
 from lib.sandboxes import Process, Sandbox, SandboxBackend, SandboxStatus
 from lib.state import DEFAULT_CHAT, ChatRecord, Lease, StateStore, UserRecord
 from lib.streamlog import StreamLog
-from lib.transcripts import SessionKey, TranscriptStore, delete_all, load_transcript
+from lib.transcripts import TranscriptStore, delete_all, load_transcript
 
 log = logging.getLogger("agent.turns")
 
@@ -81,17 +82,12 @@ class TurnService:
     def start(self, user_id: str, prompt: str, options: AgentOptions | None = None,
               chat: str = DEFAULT_CHAT, user_message_id: str | None = None,
               regenerate: bool = False) -> Turn:
-        """Take the chat's lock (TurnInProgress if busy), load the user's and the chat's records
-        and count the turn against the user's limits (RateLimited, the lock released). `regenerate`:
+        """Take the chat's lock (TurnInProgress if busy), count the turn against the user's limits
+        (RateLimited) and load the user's and the chat's records, in one round trip. `regenerate`:
         answer the chat's newest prompt again, dropping its answer."""
         user = user_hash(user_id, self.settings)
         started = time.perf_counter()
-        lease = self.state.begin_turn(user, chat)
-        try:  # only turns that start count: a 409 (another turn runs) costs nothing
-            self.limits.check(user)
-        except BaseException:
-            self.state.release(lease)
-            raise
+        lease = self.state.begin_turn(user, chat, self.limits)
         turn = Turn(self, lease, prompt, options or self.settings.agent, user_message_id,
                     regenerate)
         turn.timings["lock"] = round((time.perf_counter() - started) * 1000, 1)
@@ -134,9 +130,8 @@ class Turn:
         # the answer. The commit maps the transcript's uuids to them.
         self.user_message_id = user_message_id
         self.message_id = f"msg_{uuid.uuid4().hex}"
-        self._message_uuids: dict[str, str] = {}
-        self._began = False  # the agent reported its session or wrote its transcript
-        self._last_uuid: str | None = None  # the newest main transcript entry of this turn
+        self.mirror = TranscriptMirror(service.transcripts, lease.user, prompt, user_message_id,
+                                       self.message_id)
         self.regenerate = regenerate
         self._rewind: dict[str, str] = {}  # resume_at and drops_turn, when answering again
         self._settled = False
@@ -182,8 +177,9 @@ class Turn:
         had begun: its part of the turn is in the transcripts). Idempotent."""
         if not self._settled:
             self._settled = True
+            self.mirror.flush()
             try:
-                self.service.state.release(self.lease, dirty=self._began)
+                self.service.state.release(self.lease, dirty=self.mirror.began)
             except ServiceError as error:  # the lease expires on its own
                 log.warning("could not release turn lock: %s", error.message)
 
@@ -304,7 +300,7 @@ class Turn:
             created_at=chat.created_at if chat else now,
             last_active_at=now,
             first_prompt=chat.first_prompt if chat and chat.first_prompt else shorten(self.prompt),
-            last_uuid=self._last_uuid or (chat.last_uuid if continued and chat else None),
+            last_uuid=self.mirror.last_uuid or (chat.last_uuid if continued and chat else None),
         )
         record = UserRecord(
             sandbox_name=service.sandbox_name(lease),
@@ -313,7 +309,9 @@ class Turn:
             sandbox_hint=self.sandbox.hint if self.sandbox else None,
         )
         with self._timed("save"):
-            service.state.commit_turn(lease, record, saved, self._message_uuids)
+            service.state.commit_turn(lease, record, saved, self.mirror.message_ids,
+                                      self.mirror.riders())
+        self.mirror.committed()
         self._settled = True
         return saved
 
@@ -341,34 +339,6 @@ class Turn:
             return (yield from self._stream(
                 sandbox.run(argv, launcher.env(sandbox), remaining + _KILL_MARGIN)
             ))
-
-    def _mirror(self, message: dict[str, Any]) -> None:
-        """Store a transcript batch durably, under this user's key whatever the sandbox says;
-        note the uuids of this turn's prompt and answer, for the ids the client saw."""
-        try:
-            key = message["key"]
-            scoped: SessionKey = {"project_key": self.lease.user,
-                                  "session_id": str(key["session_id"])}
-            if key.get("subpath"):
-                scoped["subpath"] = str(key["subpath"])
-            else:
-                self._note_messages(message["entries"])
-                self._began = True
-                self._last_uuid = next(
-                    (e["uuid"] for e in reversed(message["entries"]) if isinstance(e, dict)
-                     and isinstance(e.get("uuid"), str) and not e.get("isSidechain")),
-                    self._last_uuid)
-            self.service.transcripts.append(scoped, list(message["entries"]))
-        except (KeyError, TypeError, ServiceError) as error:
-            # The turn goes on (its local transcript is whole); durability of this batch is lost.
-            log.error("could not mirror a transcript batch: %s", error)
-
-    def _note_messages(self, entries: list[Any]) -> None:
-        for message in messages_from(e for e in entries if isinstance(e, dict)):
-            if message.role == "user" and message.text == self.prompt and self.user_message_id:
-                self._message_uuids.setdefault(message.id, self.user_message_id)
-            elif message.role == "assistant" and self.message_id not in self._message_uuids.values():
-                self._message_uuids[message.id] = self.message_id
 
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
         """Forward the runner's lines as events, mirror its transcript batches; return its
@@ -405,14 +375,17 @@ class Turn:
                     yield TextDelta(said[-1])
                 elif kind == "session":
                     session_id = str(message.get("session_id") or "") or None
-                    self._began = True
+                    self.mirror.began = True
                 elif kind in ("tool_use", "tool_result"):
                     acted = True
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":
-                    self._mirror(message)
+                    with self._timed("mirror"):  # part of "run"
+                        self.mirror.add(message)
                 elif kind in ("result", "restore_needed", "needs_install"):
                     result = message
+                    if isinstance(message.get("agent_ms"), (int, float)):
+                        self.timings["agent"] = message["agent_ms"]  # part of "run"
                 elif kind == "error":
                     failure = message
             try:

@@ -101,8 +101,8 @@ class FakeSandbox:
     hint: str | None = None
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> FakeProcess:
-        """python -c LAUNCHER RUNNER WORKDIR MARKER WANT (--job B64 | --job-file PATH) [--warm]"""
-        how, value = argv[7:9]
+        """python -IS -c LAUNCHER RUNNER WORKDIR MARKER WANT (--job B64 | --job-file PATH) [--warm]"""
+        how, value = argv[8:10]
         job = json.loads(base64.b64decode(value) if how == "--job" else self.files.pop(value))
         self.backend.runs.append({"argv": argv, "env": dict(env), "job": job, "timeout": timeout})
         return FakeProcess(self.backend.next_script(job))

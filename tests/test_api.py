@@ -394,7 +394,7 @@ def test_a_long_job_goes_in_a_file_not_the_command(world: World):
         [{"type": "user", "uuid": "big", "message": {"role": "user", "content": "x" * 80_000}}])
     assert world.turn("after loss").status_code == 200
     argv = world.sandboxes.runs[-1]["argv"]
-    assert argv[7] == "--job-file" and len(" ".join(argv)) < 20_000
+    assert argv[8] == "--job-file" and len(" ".join(argv)) < 20_000
 
 
 def test_a_transcript_missing_even_after_restore_is_502(world: World):
@@ -453,7 +453,7 @@ def test_rate_limit_and_daily_cap_answer_429_and_change_nothing(world: World):
     from lib.limits import TurnLimits
 
     turns = world.services.turns
-    turns.limits = TurnLimits(world.services.state.redis, world.services.settings.key_prefix,
+    turns.limits = TurnLimits(world.services.settings.key_prefix,
                               rate=(2, 60), per_day=None)
     before = seed(world)  # the first of two
     assert world.turn("second").status_code == 200
@@ -463,18 +463,25 @@ def test_rate_limit_and_daily_cap_answer_429_and_change_nothing(world: World):
     assert world.stored().turns == before.turns + 1 and world.lock() is None
     assert world.turn("for bob", {"X-User-Id": "bob"}).status_code == 200  # per user
 
-    turns.limits = TurnLimits(world.services.state.redis, f"{world.services.settings.key_prefix}2",
+    turns.limits = TurnLimits(f"{world.services.settings.key_prefix}2",
                               rate=None, per_day=1)
     assert world.turn("once today").status_code == 200
     capped = world.turn("twice today")
     assert capped.status_code == 429 and capped.json["error"]["code"] == "daily_limit_reached"
+
+    turns.limits = TurnLimits(f"{world.services.settings.key_prefix}3", rate=(5, 60), per_day=1)
+    assert world.turn("one").status_code == 200
+    assert world.turn("two").json["error"]["code"] == "daily_limit_reached"
+    redis = world.services.state.redis  # the refused turn counted against neither limit
+    assert [int(redis.get(k)) for k in redis.keys(f"{world.services.settings.key_prefix}3:*")] == [
+        1, 1]
 
 
 def test_only_turns_that_start_count_against_the_rate_limit(world: World):
     from lib.limits import TurnLimits
 
     world.services.turns.limits = TurnLimits(
-        world.services.state.redis, world.services.settings.key_prefix, rate=(3, 60),
+        world.services.settings.key_prefix, rate=(3, 60),
         per_day=None)
     lease = world.services.state.begin_turn(world.user(), "default")  # a turn runs
     for _ in range(10):  # a burst while it runs: all 409, none counted
@@ -502,7 +509,8 @@ def test_logs_are_json_with_request_ids_and_no_secrets(world: World, capsys):
     turns = [entry for entry in lines if entry["message"] == "turn"]
     assert [t["outcome"] for t in turns] == ["done", "agent_failed"]
     assert turns[0]["session_id"] == "sess-1" and turns[0]["user"] == world.user()
-    assert set(turns[0]["timings_ms"]) == {"lock", "attach", "run", "save"}
+    assert {"lock", "attach", "run", "save"} <= set(turns[0]["timings_ms"]) <= {
+        "lock", "attach", "run", "mirror", "agent", "install", "save"}
     requests = [entry for entry in lines if entry["message"] == "request"]
     assert requests[0]["request_id"] == response.headers["X-Request-Id"]
     assert "run;dur=" in response.headers["Server-Timing"]
@@ -746,9 +754,9 @@ def test_a_fork_keeps_the_history_up_to_a_message_with_its_ids(world: World):
     assert generated["id"].startswith("fork-") and generated["turns"] == 2
 
 
-def test_a_warm_turn_of_any_chat_costs_the_same_four_redis_round_trips(
+def test_a_warm_turn_of_any_chat_costs_two_redis_round_trips(
         world: World, upstash_fakeredis: Upstash):
-    """Rate limit, lock+load, one transcript batch, save+release: as with one conversation."""
+    """Lock+load (with the rate limit), save+release (with the transcript batch)."""
     counts = {}
     for chat_id in ("default", "work"):
         world.client().post("/api/chat", json={"prompt": "first", "chat_id": chat_id},
@@ -758,7 +766,29 @@ def test_a_warm_turn_of_any_chat_costs_the_same_four_redis_round_trips(
                                        headers=ALICE)
         assert response.status_code == 200 and response.json["turn"] == 2
         counts[chat_id] = upstash_fakeredis.app.round_trips - before
-    assert counts == {"default": 4, "work": 4}
+    assert counts == {"default": 2, "work": 2}
+
+
+def test_a_batch_that_cannot_wait_for_the_commit_is_stored_on_its_own(
+        world: World, upstash_fakeredis: Upstash, monkeypatch: pytest.MonkeyPatch):
+    """A batch held past HOLD_FOR (a long turn), or too large to ride in one request, is stored
+    by itself: one round trip more, and the transcript is whole either way."""
+    world.turn("first")
+    monkeypatch.setattr("lib.mirror.HOLD_FOR", 0.0)
+    before = upstash_fakeredis.app.round_trips
+    assert world.turn("held too long").status_code == 200
+    assert upstash_fakeredis.app.round_trips - before == 3
+    monkeypatch.setattr("lib.mirror.HOLD_FOR", 60.0)
+    store = world.services.turns.transcripts
+    monkeypatch.setattr(store, "max_request_bytes", 64 * 1024)
+    big = "x" * 100_000  # under HOLD_BYTES, over one request
+    world.sandboxes.scripts.append(Script([mirror("sess-1", "big", big), ok_result("sess-1")]))
+    before = upstash_fakeredis.app.round_trips
+    assert world.turn("big").status_code == 200
+    assert upstash_fakeredis.app.round_trips - before > 3
+    texts = [e["message"]["content"] for e in world.transcript() if e["type"] == "user"]
+    assert texts[-3:] == ["first", "held too long", "big"]
+    assert world.transcript()[-1]["message"]["content"][0]["text"] == big
 
 
 def sse_events(body: bytes) -> list[tuple[int, str]]:

@@ -3,6 +3,7 @@ run in local sandboxes against the offline model; state goes through the Upstash
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ from lib.bootstrap import build
 from lib.devtools.model_server import OfflineModel, user_texts
 from lib.devtools.serving import serve_in_background
 from lib.devtools.ui_stream import parse_events, post_stream, text_of
+from lib.devtools.upstash_server import UpstashRestServer
 from lib.state import DEFAULT_CHAT
 from tests.conftest import Upstash, make_settings, wait_until
 
@@ -638,3 +640,57 @@ def test_killing_a_sandbox_process_mid_answer_loses_nothing_committed(serve, slo
     assert after.status_code == 200 and after.json()["turn"] == 2, after.text
     assert requests_ending_with(app, "What do you remember?")[-1] == [
         "Remember: plum.", "What do you remember?"]
+
+
+def test_a_function_killed_before_its_commit_loses_no_turn(start_dev_server, model,
+                                                           tmp_path: Path):
+    """The turn's transcript rides in the commit's request (mirror.py). Kill the function when
+    that request reaches Redis, before it runs: the next function's turn finds the answered
+    turn in the sandbox, stores it (the runner's catch-up) and goes on from it."""
+    import io
+    import signal
+
+    app, server = model
+    upstash = UpstashRestServer()
+    reached, commits = threading.Event(), threading.Event()
+
+    def gate(environ: dict, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if b"committed_by" in body and commits.is_set():  # the commit: it never runs
+            reached.set()
+            time.sleep(30)
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"the function is gone"]
+        environ["wsgi.input"] = io.BytesIO(body)
+        return upstash(environ, start_response)
+
+    stand_in = serve_in_background(gate)
+    env = {"UPSTASH_REDIS_REST_URL": stand_in.url, "UPSTASH_REDIS_REST_TOKEN": upstash.token,
+           "ANTHROPIC_BASE_URL": server.url, "KEY_PREFIX": "died"}
+    try:
+        first = start_dev_server(**env)
+        assert chat(first.url, "Remember: plum.", user="lee").status_code == 200
+        commits.set()
+        def doomed_turn() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # its function dies under it
+                chat(first.url, "Also: kiwi.", "lee")
+
+        doomed = threading.Thread(target=doomed_turn, daemon=True)
+        doomed.start()
+        assert reached.wait(60), "the commit never came"
+        os.kill(first.process.pid, signal.SIGKILL)  # answered, not committed: the function dies
+        commits.clear()
+        for lock in upstash.client.keys("died:u:*:c:default:lock"):
+            upstash.client.delete(lock)  # its lease runs out (30 s), sooner
+        second = start_dev_server(**env)
+        after = chat(second.url, "What do you remember?", user="lee")
+        assert after.status_code == 200, after.text
+        assert requests_ending_with(app, "What do you remember?")[-1] == [
+            "Remember: plum.", "Also: kiwi.", "What do you remember?"]
+        stored = httpx.get(f"{second.url}/api/session/messages",
+                           headers={"X-User-Id": "lee"}).json()["messages"]
+        assert [m["text"] for m in stored if m["role"] == "user"] == [
+            "Remember: plum.", "Also: kiwi.", "What do you remember?"]
+        assert [m["role"] for m in stored] == ["user", "assistant"] * 3
+    finally:
+        stand_in.stop()

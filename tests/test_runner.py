@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.runner import LAUNCHER, NEEDS_INSTALL, RUNNER_SOURCE_PATH
+from lib.runner import LAUNCHER, NEEDS_INSTALL, PYTHON_FLAGS, RUNNER_SOURCE_PATH
 from lib.runner.agent_runner import read_job, trust_system_ca
 
 
@@ -19,7 +19,8 @@ def launch(tmp_path: Path, *args: str, marker: str = "", want: str = "",
            runner: Path | None = None) -> subprocess.CompletedProcess:
     runner = runner or tmp_path / "home" / ".agent-runner" / "agent_runner.py"
     return subprocess.run(
-        [sys.executable, "-c", LAUNCHER, str(runner), str(tmp_path / "work"), marker, want, *args],
+        [sys.executable, PYTHON_FLAGS, "-c", LAUNCHER, str(runner), str(tmp_path / "work"), marker,
+         want, *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=30,
         env={"CLAUDE_CONFIG_DIR": str(tmp_path / "home" / ".claude"), "PATH": "/usr/bin:/bin"},
     )

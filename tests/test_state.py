@@ -10,6 +10,7 @@ import pytest
 
 from lib.devtools.serving import serve_in_background
 from lib.errors import LockLost, StateUnavailable, TurnInProgress
+from lib.limits import TurnLimits
 from lib.state import (
     _BEGIN_TURN,
     DEFAULT_CHAT,
@@ -91,12 +92,16 @@ def test_no_turn_starts_while_the_user_lock_is_held_and_it_waits_for_turns(store
 
 
 def test_acquire_retried_with_the_same_token_is_idempotent(store: StateStore):
-    lease = store.begin_turn("u1", "c1")
+    limits = TurnLimits("lim", rate=(5, 60), per_day=None)
+    lease = store.begin_turn("u1", "c1", limits)
+    check = limits.check("u1", store.clock_ms())
     keys = [store._user("u1", "lock"), store._user("u1", "busy"),
             store._chat("u1", "c1", "lock"), store._user("u1", "rec"), store._chat("u1", "c1"),
-            store._chat("u1", "c1", "log")]
-    again = store.redis.eval(_BEGIN_TURN, keys, [lease.token, "60000", str(store.clock_ms())])
+            store._chat("u1", "c1", "log"), *check.keys]
+    again = store.redis.eval(_BEGIN_TURN, keys,
+                             [lease.token, "60000", str(store.clock_ms()), *check.args])
     assert again[0] == 1
+    assert store.redis.get(check.keys[0]) == "1"  # the retry did not count the turn again
 
 
 def test_release_only_removes_our_own_lock(store: StateStore):

@@ -1,22 +1,37 @@
 """Code that runs INSIDE the sandbox. `agent_runner.py` is a standalone program (stdlib +
 claude-agent-sdk only): it is copied into the sandbox and never imports `lib`.
 
-Every turn is ONE command: `python -c LAUNCHER RUNNER WORKDIR MARKER WANT ARGS...`. The launcher
-checks, inside that command, that the runner file is there and (when MARKER is not empty) that
-MARKER holds WANT, the record of what the backend installed. If something is missing it prints
-`{"type": "needs_install", "missing": [...]}` and exits with NEEDS_INSTALL, and only then does the
-function install and run the command again; so a warm turn needs no file check of its own. Else
-it makes WORKDIR (and the Claude config dir), enters it and runs the runner with ARGS.
+Every turn is ONE command: `python -I -S -c LAUNCHER RUNNER WORKDIR MARKER WANT ARGS...`. The
+launcher checks, inside that command, that the runner file is there and (when MARKER is not
+empty) that MARKER holds WANT, the record of what the backend installed. If something is missing
+it prints `{"type": "needs_install", "missing": [...]}` and exits with NEEDS_INSTALL, and only
+then does the function install and run the command again; so a warm turn needs no file check of
+its own. Else it makes WORKDIR (and the Claude config dir) and enters it.
+
+A warm turn (`--warm`) is relayed by the launcher itself: it hands the job to the sandbox's warm
+agent over a Unix socket and copies the agent's lines to stdout, a SIGINT becoming `interrupt`
+(the user's stop). That is the whole per-turn process: an isolated interpreter without site
+packages (`-I -S`) and a few builtin modules, ~10 ms, where the runner's imports alone took ~50.
+When no agent listens it has the runner start one (`--start-agent`) and relays to it. Anything
+else (a one-shot turn, a job it cannot read, an agent that cannot start) becomes the runner
+itself (`exec`, a full interpreter: the agent SDK's site packages), with ARGS.
+
+The agent's address is an abstract Unix socket (no path-length limit, nothing on disk; its
+NAME is given to the runner without the leading NUL) named after the runner's path (a new runner
+version, a new path), HOME, the config dir and the model settings: a changed runner or key gets
+a new agent.
 """
 
 from pathlib import Path
 
 RUNNER_SOURCE_PATH = Path(__file__).with_name("agent_runner.py")
 NEEDS_INSTALL = 4  # the launcher's exit status when the runner or the agent SDK is missing
+PYTHON_FLAGS = "-IS"  # the launcher needs no site packages and no environment of Python's
 
 LAUNCHER = """\
-import json, os, runpy, sys
+import os, sys
 runner, workdir, marker, want = sys.argv[1:5]
+args = sys.argv[5:]
 def holds(path, text):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -26,12 +41,62 @@ def holds(path, text):
 missing = [what for what, ok in (("runner", os.path.isfile(runner)),
                                  ("agent", not marker or holds(marker, want))) if not ok]
 if missing:
-    print(json.dumps({"type": "needs_install", "missing": missing}), flush=True)
+    print('{"type": "needs_install", "missing": [%s]}' % ", ".join('"%s"' % m for m in missing),
+          flush=True)
     sys.exit(EXIT_STATUS)
 for folder in (workdir, os.environ.get("CLAUDE_CONFIG_DIR")):
     if folder:
         os.makedirs(folder, exist_ok=True)
 os.chdir(workdir)
-sys.argv = [runner, *sys.argv[5:]]
-runpy.run_path(runner, run_name="__main__")
+warm, job = len(args) == 3 and args[2] == "--warm", None
+if warm and args[0] == "--job":
+    import binascii
+    try:
+        job = binascii.a2b_base64(args[1], strict_mode=True)
+    except ValueError:  # the runner says what is wrong with it
+        warm = False
+if warm:
+    import hashlib, signal, socket
+    names = ("HOME", "CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+    fingerprint = "\\0".join([runner] + [os.environ.get(name, "") for name in names])
+    name = "agent-runner-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
+    def connect():
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect("\\0" + name)
+            return conn
+        except OSError:
+            conn.close()
+    conn = connect()
+    if conn is None:
+        import subprocess
+        subprocess.run([sys.executable, runner, "--start-agent", name],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        conn = connect()
+    if conn is not None and job is None:  # a job file is read once, now (the runner's rule)
+        try:
+            with open(args[1], "rb") as handle:
+                job = handle.read()
+            os.remove(args[1])
+        except OSError:
+            conn.close()
+            conn = None
+    cwd = os.getcwd()  # the turn's, in the job: the agent's own may be long gone
+    if conn is not None and all(c >= " " for c in cwd):
+        escaped = cwd.replace("\\\\", "\\\\\\\\").replace('"', '\\\\"').encode()
+        conn.sendall(b'{"cwd": "' + escaped + b'", ' + job.strip()[1:] + b"\\n")
+        signal.signal(signal.SIGINT, lambda *_: conn.sendall(b"interrupt\\n"))
+        status = None
+        out = sys.stdout.buffer
+        for line in conn.makefile("rb"):
+            out.write(line)
+            out.flush()
+            for kind, code in ((b"result", 0), (b"restore_needed", 3), (b"error", 1)):
+                if line.startswith(b'{"type": "' + kind + b'"'):
+                    status = code
+        if status is None:
+            out.write(b'{"type": "error", "code": "agent_failed", '
+                      b'"message": "the warm agent ended without a result"}\\n')
+        sys.exit(1 if status is None else status)
+os.execv(sys.executable, [sys.executable, runner] + args)
 """.replace("EXIT_STATUS", str(NEEDS_INSTALL))

@@ -1,22 +1,26 @@
 """Run one resumed Claude Agent SDK turn inside the sandbox and report it as JSON lines.
 
-Usage: python agent_runner.py (--job BASE64_JSON | --job-file PATH) [--warm]
-       python agent_runner.py --serve          (the warm agent; started by --warm itself)
+Usage: python agent_runner.py (--job BASE64_JSON | --job-file PATH) [--warm]   a one-shot turn
+       python agent_runner.py --start-agent NAME   start the warm agent, wait till it listens
+       python agent_runner.py --serve NAME         the warm agent itself, at the abstract Unix
+                                                   socket NAME (the launcher names it)
 
 The function starts it through the launcher in `lib/runner/__init__.py`, which has already
 checked the installation and entered the turn's work dir.
 
-One-shot (the default) runs the turn with `query()` in this process. With --warm the turn goes
-to a long-lived agent process in the same sandbox that keeps a connected `ClaudeSDKClient` per
-session, so a turn skips starting Python, the SDK and the Claude Code CLI; this process only
-relays its lines. It starts that agent when there is none (which then serves later turns),
-and falls back to one-shot if it cannot reach it. The agent serves one turn at a time, stops a
-turn whose caller went away (the function's deadline), and exits after AGENT_WARM_IDLE seconds
-(default 300) without a turn or when its sandbox's HOME is gone.
+One-shot runs the turn with `query()` in this process. A warm turn (`--warm`) goes to a
+long-lived agent process in the same sandbox that keeps a connected `ClaudeSDKClient` per
+session, so a turn skips starting Python, the SDK and the Claude Code CLI: the launcher relays
+it over a Unix socket, and has this program start the agent (`--start-agent`) when there is
+none; it runs this program one-shot (ignoring `--warm`) only if the agent cannot be reached. The
+agent serves one turn at a time, stops a turn whose caller went away (the function's deadline),
+and exits after AGENT_WARM_IDLE seconds (default 300) without a turn or when its sandbox's HOME
+is gone.
 
 The job travels in the command itself (`--job`, base64 of its JSON: one request per turn), or,
 when too large for an argument (a restore), in a file the runner deletes once read. It is JSON:
-{"prompt": str, "resume": str | null, "cwd": str (default: this process's), "options": {...},
+{"prompt": str, "resume": str | null, "cwd": str (the turn's work dir; default: this process's
+cwd), "options": {...},
 "committed": str | null (the uuid of the last committed entry: a local transcript without it is
 damaged, and restore_needed is said),
 "resume_at": str | null, "drops_turn": str | null (answer again: resume the session at the
@@ -28,19 +32,22 @@ when the sandbox lost the transcript: the SDK materialises it from our store's `
 written into this sandbox's config dir so later turns resume from local disk again.
 Every stdout line is one JSON object with a "type":
   session    {"session_id"}                      as soon as the CLI reports it
-  mirror     {"key", "entries"}                  transcript lines to store durably (the SDK's
-                                                 SessionStore.append, handed to the function)
+  mirror     {"key", "entries", "catch_up"?}     transcript lines to store durably (the SDK's
+                                                 SessionStore.append, handed to the function);
+                                                 catch_up: entries of an earlier turn that
+                                                 were never committed (see prepare)
   restore_needed {"session_id"}                  resume asked, no local transcript, no restore
                                                  given: nothing ran (exit status 3)
   text       {"text"}                            a streamed text delta
   tool_use   {"id", "name", "input"}             the agent called a tool
   tool_result {"tool_use_id", "is_error"}        a tool answered
-  result     {"session_id", "text", "is_error", "subtype", "errors", "usage", "cost_usd", "num_turns"}
+  result     {"session_id", "text", "is_error", "subtype", "errors", "usage", "cost_usd", "num_turns",
+              "agent_ms"? (warm: the agent's time from the job to the result)}
   error      {"code", "message", "detail"}       the query could not run (exit status 1);
                                                  detail is the CLI's stderr, for logs only
 (and, from the launcher before this program runs: needs_install {"missing"}, exit status 4).
-SIGINT is the user's stop: with --warm the agent interrupts the turn (the CLI keeps what was
-said so far) and its result follows; one-shot, the process ends.
+SIGINT is the user's stop: warm, the launcher tells the agent, which interrupts the turn (the
+CLI keeps what was said so far) and its result follows; one-shot, the process ends.
 With AGENT_TRUST_SYSTEM_CA=1 the CLI and Python trust the system CA bundle (see trust_system_ca).
 This program sees no storage credentials: it talks to the function only through its argv, the
 job file and stdout. It depends on nothing but the standard library and claude-agent-sdk.
@@ -51,11 +58,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -138,26 +143,49 @@ async def restore(job: dict[str, Any], cwd: str) -> None:
         await materialized.cleanup()
 
 
-def intact(path: Path, committed: str | None) -> bool:
-    """The local transcript exists and holds the last committed entry (`committed`, a uuid the
-    function keeps): an emptied, garbled or cut transcript does not."""
+def uncommitted(path: Path, committed: str | None) -> list[dict[str, Any]] | None:
+    """The local transcript's entries after the last committed one (`committed`, a uuid the
+    function keeps), or None when the transcript is not intact: missing, emptied, garbled or
+    cut before that entry. Read from the end: a turn costs the tail, not the history."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return False
-    return not committed or f'"{committed}"' in text
+        return None
+    if not committed:
+        return []
+    tail: list[dict[str, Any]] = []
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash: the next turn's CLI rewrites past it
+        if isinstance(entry, dict) and entry.get("uuid") == committed:
+            return tail[::-1]
+        if isinstance(entry, dict):
+            tail.append(entry)
+    return None
 
 
 async def prepare(job: dict[str, Any], out: Emit) -> str | None:
     """Restore the transcript if the job brings one; None (after saying restore_needed) when the
-    session to resume has no intact local transcript. Returns the turn's cwd."""
+    session to resume has no intact local transcript. Returns the turn's cwd.
+
+    Entries after the last committed one are what a turn whose function died before its commit
+    wrote (mirror.py): they go to the function again, as a `catch_up` batch, so the durable copy
+    has them before this turn adds to them."""
     cwd = job.get("cwd") or os.getcwd()
     if job.get("resume") and job.get("restore"):
         await restore(job, cwd)
-    elif job.get("resume") and not intact(local_transcript(cwd, job["resume"]),
-                                          job.get("committed")):
-        out("restore_needed", session_id=job["resume"])
-        return None
+    elif job.get("resume"):
+        tail = uncommitted(local_transcript(cwd, job["resume"]), job.get("committed"))
+        if tail is None:
+            out("restore_needed", session_id=job["resume"])
+            return None
+        if any(entry.get("uuid") for entry in tail):
+            from claude_agent_sdk import project_key_for_directory
+
+            out("mirror", key={"project_key": project_key_for_directory(cwd),
+                               "session_id": job["resume"]}, entries=tail, catch_up=True)
     return cwd
 
 
@@ -249,16 +277,6 @@ async def one_shot(job: dict[str, Any]) -> int:
 
 
 # the warm agent ---------------------------------------------------------------------------------
-def agent_address() -> str:
-    """An abstract Unix socket (no path-length limit, nothing left on disk) per sandbox HOME,
-    runner version and model settings: a changed runner or key gets a new agent."""
-    fingerprint = "\0".join([Path(__file__).read_text(), os.environ.get("HOME", ""),
-                             os.environ.get("CLAUDE_CONFIG_DIR", ""),
-                             os.environ.get("ANTHROPIC_BASE_URL", ""),
-                             os.environ.get("ANTHROPIC_API_KEY", "")])
-    return "\0agent-runner-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
-
-
 class WarmSession:
     def __init__(self, key: str, client: Any, store: MirrorStore, stderr_tail: deque[str]) -> None:
         self.key, self.client, self.store, self.stderr_tail = key, client, store, stderr_tail
@@ -288,10 +306,15 @@ class WarmAgent:
             pid_file.unlink()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.perf_counter()
+
         def out(kind: str, **fields: Any) -> None:
+            if kind == "result":  # how long the agent took, for the function's timings
+                fields["agent_ms"] = round((time.perf_counter() - started) * 1000, 1)
             writer.write((json.dumps({"type": kind, **fields}) + "\n").encode())
 
         async with self.lock:
+            started = time.perf_counter()
             self.last_turn = time.monotonic()
             try:
                 job = json.loads(await reader.readline())
@@ -376,59 +399,36 @@ class WarmAgent:
             await warm.client.disconnect()
 
 
-def connect(address: str) -> socket.socket | None:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(address)
-        return conn
-    except OSError:
-        conn.close()
-        return None
+def listening(address: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect(address)
+            return True
+        except OSError:
+            return False
 
 
-def start_agent(address: str) -> socket.socket | None:
-    """Start the warm agent, detached from this process, and wait for it to listen."""
+def start_agent(name: str) -> int:
+    """Start the warm agent at the abstract socket `name`, detached from this process, and wait
+    for it to listen (the launcher then relays turns to it)."""
     log = Path(os.environ.get("HOME", ".")) / ".agent-runner" / "warm-agent.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as stderr:
-        subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.DEVNULL,
+        subprocess.Popen([sys.executable, __file__, "--serve", name], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        conn = connect(address)
-        if conn is not None:
-            return conn
+        if listening("\0" + name):
+            return 0
         time.sleep(0.05)
-    return None
-
-
-def warm_turn(job: dict[str, Any]) -> int | None:
-    """Relay the turn through the warm agent; None when it cannot be reached (go one-shot)."""
-    address = agent_address()
-    conn = connect(address) or start_agent(address)
-    if conn is None:
-        return None
-    status = None
-    with conn, conn.makefile("rb") as lines:
-        conn.sendall(json.dumps({**job, "cwd": job.get("cwd") or os.getcwd()}).encode() + b"\n")
-        # SIGINT is the user's stop: the agent interrupts the turn, which ends with its result.
-        signal.signal(signal.SIGINT, lambda *_: conn.sendall(b"interrupt\n"))
-        for line in lines:
-            sys.stdout.write(line.decode())
-            sys.stdout.flush()
-            kind = json.loads(line).get("type")
-            status = {"result": 0, "restore_needed": 3, "error": 1}.get(kind, status)
-    if status is None:
-        emit("error", code="agent_failed", message="the warm agent ended without a result")
-        return 1
-    return status
+    return 1
 
 
 def read_job(args: list[str]) -> dict[str, Any]:
     """The job from `--job BASE64` or `--job-file PATH` (deleted once read: the prompt need
     not outlive the turn on the sandbox's disk)."""
     if len(args) != 2 or args[0] not in ("--job", "--job-file"):
-        raise ValueError("usage: agent_runner.py (--job BASE64 | --job-file PATH) [--warm]")
+        raise ValueError("usage: agent_runner.py (--job BASE64 | --job-file PATH)")
     if args[0] == "--job":
         job = json.loads(base64.b64decode(args[1], validate=True))
     else:
@@ -460,20 +460,18 @@ def trust_system_ca(env: dict[str, str] | os._Environ[str] = os.environ) -> None
 
 def main(argv: list[str]) -> int:
     trust_system_ca()
-    if argv[1:] == ["--serve"]:
+    if len(argv) == 3 and argv[1] == "--serve":
         asyncio.run(WarmAgent(float(os.environ.get("AGENT_WARM_IDLE") or 300)).serve(
-            agent_address()))
+            "\0" + argv[2]))
         return 0
-    warm = argv[-1] == "--warm"
+    if len(argv) == 3 and argv[1] == "--start-agent":
+        return start_agent(argv[2])
+    args = argv[1:-1] if argv[-1:] == ["--warm"] else argv[1:]  # the agent was not reachable
     try:
-        job = read_job(argv[1:-1] if warm else argv[1:])
+        job = read_job(args)
     except (OSError, ValueError) as error:  # binascii.Error is a ValueError
         emit("error", code="bad_job", message=str(error))
         return 2
-    if warm:
-        status = warm_turn(job)
-        if status is not None:
-            return status
     return asyncio.run(one_shot(job))
 
 

@@ -14,8 +14,9 @@ whatever the sandbox reports: a sandbox can never write into another user's tran
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
 
 Entry = dict[str, Any]
 
@@ -65,6 +66,20 @@ class TranscriptStore(Protocol):
         ...
 
     def list_subkeys(self, key: SessionKey) -> list[str]: ...
+
+
+Rider = Callable[[Any], None]
+"""Enqueues a store's writes on an upstash-redis pipeline, to ride in another request."""
+
+
+@runtime_checkable
+class RidesAlong(Protocol):
+    """A store on the state's own Redis: its appends can ride in the state's requests."""
+
+    def rider(self, key: SessionKey, entries: list[Entry]) -> Rider | None:
+        """`append` as commands for another request, or None when it needs requests of its own
+        (too large for one)."""
+        ...
 
 
 @dataclass

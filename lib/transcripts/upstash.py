@@ -34,7 +34,7 @@ from urllib.parse import quote
 from upstash_redis import Redis
 
 from lib.state import call_safely
-from lib.transcripts import Entry, SessionKey, SessionListEntry, SessionSummary, summary
+from lib.transcripts import Entry, Rider, SessionKey, SessionListEntry, SessionSummary, summary
 
 # KEYS: entries, lengths, uuids, index, subs, summary, summary sizes. ARGV: ttl s, now ms,
 # session id, subpath ('' = main), n, then n summary ops (op, field, value) (`summary.merge`),
@@ -143,6 +143,21 @@ class UpstashTranscripts:
         return [f"{self._session(key)}:sum", f"{self._project(key['project_key'])}:sums"]
 
     def append(self, key: SessionKey, entries: list[Entry]) -> None:
+        keys, calls = self._append_calls(key, entries)
+        for args in calls:
+            call_safely(lambda args=args: self.redis.eval(_APPEND, keys, args), attempts=2)
+
+    def rider(self, key: SessionKey, entries: list[Entry]) -> Rider | None:
+        """`append` as one script call to ride in another request to this Redis (the state's
+        commit, `state.commit_turn`), or None when it takes more than one request."""
+        keys, calls = self._append_calls(key, entries)
+        if len(calls) != 1:
+            return None
+        return lambda pipe: pipe.eval(_APPEND, keys, calls[0])
+
+    def _append_calls(self, key: SessionKey, entries: list[Entry]) -> tuple[list[str],
+                                                                           list[list[str]]]:
+        """The keys and the argument lists of the append script's calls, one per chunk."""
         keys = [*self._transcript_keys(key), f"{self._project(key['project_key'])}:idx",
                 f"{self._session(key)}:subs", *self._summary_keys(key)]
         now = int(time.time() * 1000)
@@ -153,9 +168,8 @@ class UpstashTranscripts:
                 ops += [op, name, json.dumps(value, ensure_ascii=False)]
         summarized = [*head, str(len(ops) // 3), *ops]
         chunks = list(self._chunks(keys, summarized, entries))  # each sized as if it carried ops
-        for index, chunk in enumerate(chunks):
-            args = (summarized if index == len(chunks) - 1 else [*head, "0"]) + chunk
-            call_safely(lambda args=args: self.redis.eval(_APPEND, keys, args), attempts=2)
+        return keys, [(summarized if index == len(chunks) - 1 else [*head, "0"]) + chunk
+                      for index, chunk in enumerate(chunks)]
 
     def _chunks(self, keys: list[str], head: list[str], entries: list[Entry]) -> Iterator[list[str]]:
         """Split the entries into argument lists whose whole request fits `max_request_bytes`."""
