@@ -18,8 +18,12 @@ server (local sandboxes) as its own process. Prints medians of REPEAT runs after
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -113,16 +118,33 @@ def bench_client(model_url: str) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_cold_start(upstash_url: str, data_dir: str) -> tuple[float, float, float]:
-    """(import, import + build + answer, the whole process), medians of REPEAT new processes."""
+def function_python() -> str:
+    """A Python with only requirements.txt installed, as a Vercel function has (the dev venv
+    also holds the test tools: selenium brings trio, which httpcore imports when present, ~60 ms
+    that no deployed function pays). Made once with uv, into .cache/."""
+    requirements = (ROOT / "requirements.txt").read_bytes()
+    venv = ROOT / ".cache" / f"function-venv-{hashlib.sha256(requirements).hexdigest()[:12]}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        uv = str(Path(sys.executable).with_name("uv"))
+        subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python), "-r",
+                        str(ROOT / "requirements.txt")], check=True)
+    return str(python)
+
+
+def bench_cold_start(upstash_url: str, model_url: str, data_dir: str) -> tuple[float, float, float]:
+    """(import, import + build + answer, the whole process), medians of REPEAT new processes of
+    a function-only Python (function_python)."""
+    python = function_python()
     env = {**os.environ, "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
-           "AUTH_MODE": "dev", "DATA_DIR": data_dir}
+           "AUTH_MODE": "dev", "DATA_DIR": data_dir, "ANTHROPIC_BASE_URL": model_url}
     runs = []
     for _ in range(REPEAT):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", COLD_START], env=env, cwd=ROOT,
+        done = subprocess.run([python, "-c", COLD_START], env=env, cwd=ROOT,
                               capture_output=True, text=True, check=True)
-        runs.append([*json.loads(done.stdout), time.perf_counter() - started])
+        runs.append([*json.loads(done.stdout.splitlines()[-1]), time.perf_counter() - started])
     return tuple(median_ms([run[i] for run in runs]) for i in range(3))  # type: ignore[return-value]
 
 
@@ -179,8 +201,38 @@ PHASES = [  # (row, how it is computed from a turn's Server-Timing and wall time
 ]
 
 
+@contextlib.contextmanager
+def redis_behind_the_stand_in() -> Iterator[tuple[str | None, str]]:
+    """A redis-server of our own when one is installed (closer to Upstash's cost per command
+    than fakeredis, which runs Lua in Python), else fakeredis; and which it is."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None, "fakeredis (no redis-server installed)"
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", "redis-server"
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def main() -> None:
-    model, upstash = OfflineModel(), UpstashRestServer()
+    with redis_behind_the_stand_in() as (redis_url, redis_kind):
+        run(redis_url, redis_kind)
+
+
+def run(redis_url: str | None, redis_kind: str) -> None:
+    model, upstash = OfflineModel(), UpstashRestServer(redis_url)
     model_server, upstash_server = serve_in_background(model), serve_in_background(upstash)
     data_dir = tempfile.mkdtemp(prefix="bench-data-")
     process, url = start_dev_server(upstash_server.url, model_server.url, data_dir)
@@ -199,7 +251,7 @@ def main() -> None:
             warm.append(elapsed)
             timings.append({"mirror": 0.0, "agent": 0.0, **timing, "wall": elapsed})
         memory = peak_rss_mb(process.pid)
-        cold_start = bench_cold_start(upstash_server.url, data_dir)
+        cold_start = bench_cold_start(upstash_server.url, model_server.url, data_dir)
     finally:
         process.terminate()
         process.wait()
@@ -207,7 +259,8 @@ def main() -> None:
         model_server.stop()
         upstash_server.stop()
     ratio = median_ms(warm) / median_ms(client)
-    print(f"turns: medians of {REPEAT} after a warm-up (offline model, local sandboxes)")
+    print(f"turns: medians of {REPEAT} after a warm-up (offline model, local sandboxes, the Upstash "
+          f"stand-in over {redis_kind})")
     print(f"  in-process ClaudeSDKClient    {median_ms(client):8.0f} ms  (the floor)")
     print(f"  raw query() in a new process  {median_ms(raw):8.0f} ms")
     print(f"  turn cold (new user)          {median_ms(cold):8.0f} ms  "

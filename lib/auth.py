@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-import jwt
-
 from lib.config import Settings
 from lib.errors import AuthUnavailable, Unauthorized
 
@@ -34,8 +32,14 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
     scheme, _, token = headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <JWT>")
+    return _verified_subject(token.strip(), settings)
+
+
+def _verified_subject(token: str, settings: Settings) -> str:
+    import jwt  # ~30 ms (cryptography): only where tokens are checked
+
     try:
-        key, algorithms = _key_for(token.strip(), settings)
+        key, algorithms = _key_for(token, settings)
     except jwt.PyJWKClientConnectionError as error:  # the identity provider, not the caller
         raise AuthUnavailable(f"could not fetch the signing keys: {error}") from None
     except (jwt.PyJWKClientError, jwt.PyJWKSetError) as error:
@@ -49,7 +53,7 @@ def identify(headers: Mapping[str, str], settings: Settings) -> str:
         raise AuthUnavailable("AUTH_JWKS_URL did not answer with a JSON key set") from None
     try:
         claims = jwt.decode(
-            token.strip(),
+            token,
             key,
             algorithms=algorithms,
             audience=settings.jwt_audience,
@@ -76,14 +80,18 @@ def _encodable(text: str) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _jwks(url: str) -> jwt.PyJWKClient:
-    """One client per process and URL: it caches the key set (5 min) between requests."""
+def _jwks(url: str) -> Any:
+    """One client per process and URL (a jwt.PyJWKClient): it caches the key set (5 min)."""
+    import jwt
+
     return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
 
 
 def _key_for(token: str, settings: Settings) -> tuple[Any, list[str]]:
     """HS256 tokens are checked with AUTH_JWT_SECRET; RS256/ES256 ones with the JWKS key their
     `kid` names. The algorithm list is fixed per key type, so `alg` cannot be switched."""
+    import jwt
+
     header = jwt.get_unverified_header(token)
     if header.get("alg") == "HS256" and settings.jwt_secret:
         return settings.jwt_secret, ["HS256"]

@@ -9,17 +9,18 @@ then does the function install and run the command again; so a warm turn needs n
 its own. Else it makes WORKDIR (and the Claude config dir) and enters it.
 
 A warm turn (`--warm`) is relayed by the launcher itself: it hands the job to the sandbox's warm
-agent over a Unix socket and copies the agent's lines to stdout, a SIGINT becoming `interrupt`
+agent over a Unix socket and copies the agent's output to stdout, a SIGINT becoming `interrupt`
 (the user's stop). That is the whole per-turn process: an isolated interpreter without site
-packages (`-I -S`) and a few builtin modules, ~10 ms, where the runner's imports alone took ~50.
+packages (`-I -S`) and three builtin modules (`_socket`, `_signal`, `binascii`), ~10 ms to start,
+where the runner's imports alone took ~50 (and `socket`, `signal`, `hashlib` ~15).
 When no agent listens it has the runner start one (`--start-agent`) and relays to it. Anything
 else (a one-shot turn, a job it cannot read, an agent that cannot start) becomes the runner
 itself (`exec`, a full interpreter: the agent SDK's site packages), with ARGS.
 
 The agent's address is an abstract Unix socket (no path-length limit, nothing on disk; its
-NAME is given to the runner without the leading NUL) named after the runner's path (a new runner
-version, a new path), HOME, the config dir and the model settings: a changed runner or key gets
-a new agent.
+NAME is given to the runner without the leading NUL) named after a 64-bit checksum of the
+runner's path (a new runner version, a new path), HOME, the config dir and the model settings:
+a changed runner or key gets a new agent.
 """
 
 from pathlib import Path
@@ -56,12 +57,13 @@ if warm and args[0] == "--job":
     except ValueError:  # the runner says what is wrong with it
         warm = False
 if warm:
-    import hashlib, signal, socket
+    import _signal, _socket, binascii
     names = ("HOME", "CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
-    fingerprint = "\\0".join([runner] + [os.environ.get(name, "") for name in names])
-    name = "agent-runner-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
+    fingerprint = "\\0".join([runner] + [os.environ.get(name, "") for name in names]).encode()
+    name = "agent-runner-%08x%08x" % (binascii.crc32(fingerprint),
+                                      binascii.crc32(fingerprint, 0x5BD1E995))
     def connect():
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             conn.connect("\\0" + name)
             return conn
@@ -85,18 +87,23 @@ if warm:
     if conn is not None and all(c >= " " for c in cwd):
         escaped = cwd.replace("\\\\", "\\\\\\\\").replace('"', '\\\\"').encode()
         conn.sendall(b'{"cwd": "' + escaped + b'", ' + job.strip()[1:] + b"\\n")
-        signal.signal(signal.SIGINT, lambda *_: conn.sendall(b"interrupt\\n"))
-        status = None
-        out = sys.stdout.buffer
-        for line in conn.makefile("rb"):
-            out.write(line)
-            out.flush()
-            for kind, code in ((b"result", 0), (b"restore_needed", 3), (b"error", 1)):
-                if line.startswith(b'{"type": "' + kind + b'"'):
-                    status = code
+        _signal.signal(_signal.SIGINT, lambda *_: conn.sendall(b"interrupt\\n"))
+        status, head = None, b""  # head: the first bytes of the line being relayed
+        while status is None and (chunk := conn.recv(1 << 16)):  # the last line ends it
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(1, view):]
+            *ended, rest = chunk.split(b"\\n")
+            for line in ended:
+                head += line[:32]
+                for kind, code in ((b"result", 0), (b"restore_needed", 3), (b"error", 1)):
+                    if head.startswith(b'{"type": "' + kind + b'"'):
+                        status = code
+                head = b""
+            head = (head + rest[:32])[:32]
         if status is None:
-            out.write(b'{"type": "error", "code": "agent_failed", '
-                      b'"message": "the warm agent ended without a result"}\\n')
+            os.write(1, b'{"type": "error", "code": "agent_failed", '
+                        b'"message": "the warm agent ended without a result"}\\n')
         sys.exit(1 if status is None else status)
 os.execv(sys.executable, [sys.executable, runner] + args)
 """.replace("EXIT_STATUS", str(NEEDS_INSTALL))

@@ -307,10 +307,13 @@ class WarmAgent:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = time.perf_counter()
+        answered = False  # the result is out: the caller may go (the launcher does at once)
 
         def out(kind: str, **fields: Any) -> None:
+            nonlocal answered
             if kind == "result":  # how long the agent took, for the function's timings
                 fields["agent_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                answered = True
             writer.write((json.dumps({"type": kind, **fields}) + "\n").encode())
 
         async with self.lock:
@@ -321,7 +324,9 @@ class WarmAgent:
                 turn = asyncio.create_task(self.turn(job, out, writer))
                 gone = asyncio.create_task(self.listen(reader))  # ends: the caller went away
                 done, _ = await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if turn not in done:
+                if turn not in done and answered:  # the turn only has to tidy up
+                    await asyncio.wait({turn})
+                elif turn not in done:
                     turn.cancel()
                     with contextlib.suppress(BaseException):
                         await turn
