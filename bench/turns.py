@@ -151,7 +151,7 @@ def bench_cold_start(upstash_url: str, model_url: str, data_dir: str) -> tuple[f
 def start_dev_server(upstash_url: str, model_url: str, data_dir: str) -> tuple[subprocess.Popen, str]:
     return spawn({"PORT": str(3900 + os.getpid() % 90), "DATA_DIR": data_dir,
                   "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": DEV_TOKEN,
-                  "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "off",
+                  "ANTHROPIC_BASE_URL": model_url, "AUTH_MODE": "dev", "RATE_LIMIT": "1000/60",
                   "AGENT_WARM_IDLE": "30"})
 
 

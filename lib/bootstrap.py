@@ -5,6 +5,7 @@ Built once per process (clients are reused across requests; no user state is kep
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,12 @@ def sandbox_backend(settings: Settings) -> SandboxBackend:
         ))
     from lib.sandboxes.local import LocalSandboxBackend
 
-    return LocalSandboxBackend(settings.data_dir, settings.local_sandbox_python)
+    python = settings.local_sandbox_python
+    if python and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise ConfigError(f"LOCAL_SANDBOX_PYTHON={python!r} is not an executable file: point it "
+                          "at a Python with claude-agent-sdk (e.g. the absolute path of "
+                          ".venv/bin/python)")
+    return LocalSandboxBackend(settings.data_dir, python)
 
 
 def _transcripts(settings: Settings, redis: Redis) -> TranscriptStore:

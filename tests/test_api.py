@@ -116,8 +116,11 @@ def test_wrong_method_and_unknown_path_are_json(world: World):
     response = world.client(session.app).put("/api/session", headers=ALICE)
     assert response.status_code == 405
     dev = Client(DevServer())
-    missing = dev.get("/api/nothing-here")
-    assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found"
+    for method, path in [("get", "/api/nothing-here"), ("post", "/api/chat/x/nope/deeper"),
+                         ("delete", "/api/sessions")]:
+        missing = getattr(dev, method)(path)  # vercel.json's catch-all: api/not_found.py
+        assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found", path
+    assert dev.get("/api/health").status_code in (200, 503)  # a function before any rewrite
     assert b"<html" in dev.get("/").data
 
 
@@ -299,6 +302,24 @@ def test_missing_configuration_is_a_clear_500(world: World, monkeypatch: pytest.
     services.cache_clear()
     assert response.status_code == 500 and response.json["error"]["code"] == "misconfigured"
     assert "UPSTASH_REDIS_REST_URL" in response.json["error"]["message"]
+
+
+def test_a_local_sandbox_python_that_does_not_exist_is_a_clear_500(
+        world: World, upstash_fakeredis: Upstash, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from lib.bootstrap import services
+
+    chat.app.config["SERVICES"] = None
+    services.cache_clear()
+    for name, value in {"UPSTASH_REDIS_REST_URL": upstash_fakeredis.url,
+                        "UPSTASH_REDIS_REST_TOKEN": upstash_fakeredis.token, "AUTH_MODE": "dev",
+                        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "DATA_DIR": str(tmp_path),
+                        "SANDBOX_BACKEND": "local",
+                        "LOCAL_SANDBOX_PYTHON": str(tmp_path / "no" / "python")}.items():
+        monkeypatch.setenv(name, value)
+    response = world.turn()
+    services.cache_clear()
+    assert response.status_code == 500 and response.json["error"]["code"] == "misconfigured"
+    assert "LOCAL_SANDBOX_PYTHON" in response.json["error"]["message"]
 
 
 def test_transcript_batches_are_stored_under_the_callers_own_key(world: World):

@@ -19,6 +19,8 @@ def routes() -> dict[str, set[str]]:
     hidden = {dest for source, prefix, dest in rewrites() if not prefix and source != dest}
     found: dict[str, set[str]] = {}
     for path, app in server.functions.items():
+        if path == "/api/not_found":  # the catch-all of unknown paths: it only answers 404
+            continue
         for rule in app.url_map.iter_rules():
             public = rule.rule != path and server.destination(rule.rule) == path
             own = rule.rule == path and path not in hidden

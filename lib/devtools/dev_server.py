@@ -81,7 +81,9 @@ class DevServer:
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
-        app = self.functions.get(self.destination(path))
+        # Vercel's order: the filesystem (functions here; public/ has no /api files), then
+        # the rewrites.
+        app = self.functions.get(path) or self.functions.get(self.destination(path))
         if app is not None:
             return app(environ, start_response)
         if path == "/":
