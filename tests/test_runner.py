@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,58 @@ def test_the_system_ca_is_trusted_only_when_asked(tmp_path: Path, monkeypatch):
     env = {"AGENT_TRUST_SYSTEM_CA": "1", "NODE_EXTRA_CA_CERTS": "/sandbox/own-ca.pem"}
     trust_system_ca(env)
     assert env["NODE_EXTRA_CA_CERTS"] == "/sandbox/own-ca.pem"  # the sandbox's own wins
+
+
+FAKE_AGENT_RUNNER = '''
+import json, os, socket, sys, time
+if sys.argv[1:2] == ["--start-agent"]:  # what the launcher asks when no agent listens
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("\\0" + sys.argv[2])
+    server.listen(1)
+    if os.fork() == 0:  # the agent, listening before the launcher connects again
+        conn, _ = server.accept()
+        lines = conn.makefile("rb")
+        job = json.loads(lines.readline())
+        big = "x" * 200_000  # a line longer than one read
+        conn.sendall(json.dumps({"type": "mirror", "entries": [{"big": big}],
+                                 "job": job}).encode() + b"\\n")
+        said = lines.readline()  # the launcher's SIGINT, relayed
+        conn.sendall(json.dumps({"type": "result", "said": said.decode()}).encode() + b"\\n")
+        time.sleep(5)  # an agent that keeps the connection open: the result line ends the turn
+        os._exit(0)
+    sys.exit(0)
+print(json.dumps({"type": "one-shot", "argv": sys.argv[1:]}))
+'''
+
+
+def test_a_warm_turn_is_relayed_by_the_launcher_itself(tmp_path: Path):
+    """No agent listens: the launcher has the runner start one, reads the job file once, hands
+    the job (with the turn's cwd) over the socket, relays every byte, turns a SIGINT into
+    `interrupt`, and ends with the agent's result line, whatever the agent does next."""
+    runner = tmp_path / "home" / ".agent-runner" / "agent_runner.py"
+    runner.parent.mkdir(parents=True)
+    runner.write_text(FAKE_AGENT_RUNNER)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"prompt": "hi", "resume": None}))
+    process = subprocess.Popen(
+        [sys.executable, PYTHON_FLAGS, "-c", LAUNCHER, str(runner), str(tmp_path / "work"), "", "",
+         "--job-file", str(job_file), "--warm"], cwd=tmp_path, stdout=subprocess.PIPE,
+        env={"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    assert process.stdout is not None
+    first = json.loads(process.stdout.readline())
+    assert first["type"] == "mirror" and len(first["entries"][0]["big"]) == 200_000
+    assert first["job"] == {"cwd": str(tmp_path / "work"), "prompt": "hi", "resume": None}
+    assert not job_file.exists()  # read once
+    process.send_signal(signal.SIGINT)
+    last = json.loads(process.stdout.readline())
+    assert process.wait(timeout=3) == 0  # not waiting for the agent to hang up
+    assert last == {"type": "result", "said": "interrupt\n"}
+
+
+def test_without_an_agent_the_turn_runs_one_shot_with_its_job(tmp_path: Path):
+    runner = tmp_path / "runner.py"
+    runner.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")  # starts no agent
+    done = launch(tmp_path, "--job", base64.b64encode(b'{"prompt": "p"}').decode(), "--warm",
+                  runner=runner)
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        "--job", base64.b64encode(b'{"prompt": "p"}').decode(), "--warm"]
