@@ -566,15 +566,18 @@ def test_clients_cannot_choose_agent_options_the_operator_did_not_allow(world: W
 def test_allowed_options_are_validated_and_applied(world: World):
     import dataclasses
 
-    world.services.settings.__dict__["client_options"] = ("model", "max_turns")
+    world.services.settings.__dict__["client_options"] = ("model", "max_turns", "thinking")
     ok = world.client().post("/api/chat", headers=ALICE, json={
-        "prompt": "hi", "options": {"model": "claude-haiku-x", "max_turns": 2}, "extra": "ignored"})
+        "prompt": "hi", "options": {"model": "claude-haiku-x", "max_turns": 2, "thinking": 4096},
+        "extra": "ignored"})
     assert ok.status_code == 200
     job = world.sandboxes.runs[-1]["job"]["options"]
     assert job["model"] == "claude-haiku-x" and job["max_turns"] == 2
+    assert job["thinking"] == {"type": "enabled", "budget_tokens": 4096, "display": "summarized"}
     assert job["permission_mode"] == world.services.settings.agent.permission_mode
     for bad in ({"max_turns": 99}, {"max_turns": True}, {"model": ""}, {"model": 3},
-                {"permission_mode": "plan"}):
+                {"permission_mode": "plan"}, {"thinking": "lots"}, {"thinking": True},
+                {"thinking": 10}):
         response = world.client().post("/api/chat", json={"prompt": "hi", "options": bad},
                                        headers=ALICE)
         assert response.status_code == 400, bad
