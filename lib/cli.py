@@ -10,8 +10,9 @@
                                             forget everything
 
 AGENT_URL (default http://127.0.0.1:3000) is the deployment; AGENT_TOKEN a JWT, or AGENT_USER
-a user id for AUTH_MODE=dev. Without --chat, the `default` conversation. Not deployed: it
-needs `requests`, which the functions do not.
+a user id for AUTH_MODE=dev. Without --chat, the `default` conversation. The answer goes to
+stdout; the agent's tool calls (name, short input, one line of output), its thinking and notices
+go to stderr. Not deployed: it needs `requests`, which the functions do not.
 """
 
 from __future__ import annotations
@@ -76,19 +77,48 @@ class Client:
         self._check(requests.delete(f"{self.url}/api/session", headers=self.headers, timeout=60))
 
 
+def one_line(value: Any, limit: int = 100) -> str:
+    """A value on one short line: JSON unless it is text, whitespace folded, cut with `…`."""
+    text = " ".join((value if isinstance(value, str) else json.dumps(value)).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def activity(part: dict[str, Any]) -> str | None:
+    """What `err` shows of a tool or thinking part, compactly: a call as its name and short
+    input, its result as one line (marked when the server cut it), thinking as it streams."""
+    kind = part.get("type")
+    if kind == "tool-input-available":
+        return f"\n[tool {part.get('toolName')}] {one_line(part.get('input'))}\n"
+    if kind == "tool-output-available":
+        output = part.get("output") or {}
+        cut = " [truncated]" if output.get("truncated") else ""
+        return f"  -> {one_line(output.get('text', output))}{cut}\n"
+    if kind == "tool-output-error":
+        return f"  -> error: {one_line(part.get('errorText', ''))}\n"
+    if kind == "reasoning-start":
+        return "\n[thinking] "
+    if kind == "reasoning-delta":
+        return part.get("delta", "")
+    if kind == "reasoning-end":
+        return "\n"
+    return None
+
+
 def print_turn(client: Client, prompt: str, out: TextIO, err: TextIO,
                chat: str | None = None) -> bool:
-    """Print the answer as it streams; tools and notices go to `err`. True if it finished.
-    Ctrl-C stops the turn on the server too (what the agent said so far is kept there)."""
+    """Print the answer as it streams; tools, thinking and notices go to `err`. True if it
+    finished. Ctrl-C stops the turn on the server too (what the agent said so far is kept)."""
     finished = False
     try:
         for part in client.chat(prompt, chat):
             kind = part.get("type")
-            if kind == "text-delta":
+            shown = activity(part)
+            if shown is not None:
+                err.write(shown)
+                err.flush()
+            elif kind == "text-delta":
                 out.write(part["delta"])
                 out.flush()
-            elif kind == "tool-input-available":
-                err.write(f"\n[tool {part.get('toolName')}]\n")
             elif kind == "data-notice":
                 err.write(f"\n[{part['data']['code']}] {part['data']['message']}\n")
             elif kind == "data-error":

@@ -16,8 +16,32 @@ from lib.errors import ConfigError
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 CLIENT_OPTION_NAMES = ("model", "system_prompt", "allowed_tools", "disallowed_tools",
-                       "permission_mode", "max_turns")
+                       "permission_mode", "max_turns", "thinking")
 DEV_HASH_KEY = "dev-only-user-hash-key"
+MIN_THINKING_BUDGET = 1024  # the Messages API's smallest budget_tokens
+THINKING_HELP = f"adaptive, disabled, or a thinking budget of at least {MIN_THINKING_BUDGET} tokens"
+
+
+def thinking_choice(value: object) -> str | None:
+    """A valid thinking setting as text ("adaptive", "disabled" or a budget), else None."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    if text in ("adaptive", "disabled"):
+        return text
+    return text if text.isdigit() and int(text) >= MIN_THINKING_BUDGET else None
+
+
+def thinking_config(choice: str | None) -> dict[str, object] | None:
+    """The SDK's ThinkingConfig for a setting; None leaves the CLI's default. Thinking text is
+    asked for summarized: newer models omit it otherwise, and it is what the stream shows."""
+    if choice is None:
+        return None
+    if choice == "disabled":
+        return {"type": "disabled"}
+    if choice == "adaptive":
+        return {"type": "adaptive", "display": "summarized"}
+    return {"type": "enabled", "budget_tokens": int(choice), "display": "summarized"}
 
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
@@ -33,6 +57,7 @@ class AgentOptions:
     disallowed_tools: tuple[str, ...] = ()
     permission_mode: str = "default"
     max_turns: int = 8
+    thinking: str | None = None  # see thinking_choice; None: the CLI's default
 
     def to_job(self) -> dict[str, object]:
         return {
@@ -42,6 +67,7 @@ class AgentOptions:
             "disallowed_tools": list(self.disallowed_tools),
             "permission_mode": self.permission_mode,
             "max_turns": self.max_turns,
+            "thinking": thinking_config(self.thinking),
         }
 
 
@@ -160,6 +186,7 @@ class Settings:
                 disallowed_tools=read.names("AGENT_DISALLOWED_TOOLS"),
                 permission_mode=read.choice("AGENT_PERMISSION_MODE", PERMISSION_MODES, "default"),
                 max_turns=read.integer("AGENT_MAX_TURNS", 8, minimum=1),
+                thinking=read.thinking("AGENT_THINKING"),
             ),
             client_options=read.names("CLIENT_OPTIONS"),
             cors_origins=read.names("CORS_ORIGINS"),
@@ -246,6 +273,14 @@ class _Reader:
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         return value
+
+    def thinking(self, name: str) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if (choice := thinking_choice(raw)) is None:
+            raise ConfigError(f"{name} must be {THINKING_HELP}; got {raw!r}")
+        return choice
 
     def integer(self, name: str, default: int, minimum: int) -> int:
         return int(self._parsed(name, default, int, minimum))

@@ -1,5 +1,5 @@
-"""What a turn reports as it runs, in order: deltas and tool activity, then one TurnDone or
-one TurnFailed (or TurnStopped). `streaming.py` encodes these for the wire."""
+"""What a turn reports as it runs, in order: deltas (text, thinking) and tool activity, then one
+TurnDone or one TurnFailed (or TurnStopped). `streaming.py` encodes these for the wire."""
 
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's thinking, as it is produced."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolActivity:
-    kind: str  # "tool_use" or "tool_result"
+    """A runner line about a tool call, its fields as lib/runner_lines.py checked them."""
+
+    kind: str  # "tool_input_start", "tool_input_delta", "tool_use" or "tool_result"
     data: dict[str, Any]
 
 
@@ -50,4 +59,4 @@ class TurnStopped:
     """Stopped before the agent began: nothing was said, nothing is kept."""
 
 
-TurnEvent = TextDelta | ToolActivity | Notice | TurnDone | TurnFailed | TurnStopped
+TurnEvent = TextDelta | ReasoningDelta | ToolActivity | Notice | TurnDone | TurnFailed | TurnStopped

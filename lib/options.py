@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lib.config import PERMISSION_MODES, AgentOptions
+from lib.config import PERMISSION_MODES, THINKING_HELP, AgentOptions, thinking_choice
 from lib.errors import InvalidRequest
 
 MAX_TOOLS = 64
@@ -54,4 +54,8 @@ def for_turn(base: AgentOptions, raw: Any, allowed: tuple[str, ...],
                 raise InvalidRequest(f"options.max_turns must be an integer from 1 to "
                                      f"{base.max_turns} (AGENT_MAX_TURNS)")
             changes[name] = value
+        elif name == "thinking":
+            if (choice := thinking_choice(value)) is None:
+                raise InvalidRequest(f"options.thinking must be {THINKING_HELP}")
+            changes[name] = choice
     return dataclasses.replace(base, **changes)

@@ -10,6 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 Check = Callable[[Any], bool]
+# What of a tool's output reaches the client (README: "Tool output"). The runner cuts it to the
+# same limit (its own TOOL_OUTPUT_LIMIT); the function cuts it again, since the sandbox is
+# untrusted.
+TOOL_OUTPUT_LIMIT = 4000
 
 
 def _text(limit: int = 1_000_000) -> Check:
@@ -22,6 +26,10 @@ def _id(v: Any) -> bool:
 
 def _optional(check: Check) -> Check:
     return lambda v: v is None or check(v)
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
 
 
 def _number(v: Any) -> bool:
@@ -42,14 +50,18 @@ def _key(v: Any) -> bool:
 # type -> {field: check}; a field missing from a line is checked as None
 SCHEMA: dict[str, dict[str, Check]] = {
     "text": {"text": _text()},
+    "thinking": {"text": _text()},
     "session": {"session_id": _id},
+    "tool_input_start": {"id": _id, "name": _text(200)},
+    "tool_input_delta": {"id": _id, "delta": _text()},
     "tool_use": {"id": _id, "name": _text(200), "input": lambda v: True},
-    "tool_result": {"tool_use_id": _id, "is_error": lambda v: isinstance(v, bool)},
+    "tool_result": {"tool_use_id": _id, "is_error": _bool, "output": _optional(_text()),
+                    "truncated": _optional(_bool)},
     "mirror": {"key": _key, "entries": lambda v: isinstance(v, list)
                and all(isinstance(e, dict) for e in v),
-               "catch_up": _optional(lambda v: isinstance(v, bool))},
+               "catch_up": _optional(_bool)},
     "result": {"session_id": _optional(_id), "text": _optional(_text()),
-               "is_error": lambda v: isinstance(v, bool), "subtype": _optional(_text(100)),
+               "is_error": _bool, "subtype": _optional(_text(100)),
                "errors": lambda v: v is None or (isinstance(v, list)
                                                  and all(isinstance(e, str) for e in v)),
                "usage": _optional(_usage), "cost_usd": _optional(_number),
@@ -84,4 +96,27 @@ def parse(line: str, secrets: tuple[str, ...] = ()) -> dict[str, Any] | None:
     fields = SCHEMA.get(message.get("type"))  # type: ignore[arg-type]
     if fields is None or not all(check(message.get(name)) for name, check in fields.items()):
         return None
+    if message["type"] == "tool_result":
+        return clipped(message, secrets)
     return message
+
+
+def clipped(result: dict[str, Any], secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A tool_result whose output is at most TOOL_OUTPUT_LIMIT characters, `truncated` when it
+    was cut here or in the sandbox (and then without a secret's beginning left at the cut)."""
+    output = result.get("output") or ""
+    truncated = len(output) > TOOL_OUTPUT_LIMIT or bool(result.get("truncated"))
+    output = output[:TOOL_OUTPUT_LIMIT]
+    if truncated:
+        output = _without_cut_secret(output, secrets)
+    return {**result, "output": output, "truncated": truncated}
+
+
+def _without_cut_secret(text: str, secrets: tuple[str, ...]) -> str:
+    """The text without a trailing beginning of a secret (8 characters or more) that a cut
+    separated from the rest of it, which redact() then could not recognise."""
+    for secret in secrets:
+        for length in range(min(len(secret), len(text) + 1) - 1, 7, -1):
+            if text.endswith(secret[:length]):
+                return text[:-length] + "[redacted]"
+    return text

@@ -5,8 +5,12 @@ UI message stream v1, one `id: <n>` + `data: <json>` event per part (n is the pa
 the turn's stream log, so a client that lost its connection resumes after it with
 Last-Event-ID), ended by `data: [DONE]`:
   start {messageId}, start-step, text-start/text-delta/text-end {id},
-  tool-input-available {toolCallId, toolName, input, dynamic}, tool-output-available
-  {toolCallId, output, dynamic} or tool-output-error {toolCallId, errorText, dynamic},
+  reasoning-start/reasoning-delta/reasoning-end {id} (the model's thinking),
+  tool-input-start {toolCallId, toolName, dynamic}, tool-input-delta {toolCallId,
+  inputTextDelta} (the input JSON as the model writes it), tool-input-available {toolCallId,
+  toolName, input, dynamic}, tool-output-available {toolCallId, output: {text, truncated},
+  dynamic} or tool-output-error {toolCallId, errorText, dynamic} (dynamic: true, the client
+  declared none of the agent's tools; output text cut to TOOL_OUTPUT_LIMIT characters),
   data-notice {data: {code, message}}, data-session {data: {session_id, turn, usage, cost_usd}}
   (not the text again: the text parts carry it), finish-step, finish {finishReason,
   messageMetadata: {session_id, turn, usage, cost_usd}}; or, on failure, data-error
@@ -25,6 +29,7 @@ from typing import Any
 from lib.errors import ServiceError
 from lib.events import (
     Notice,
+    ReasoningDelta,
     TextDelta,
     ToolActivity,
     TurnDone,
@@ -34,6 +39,7 @@ from lib.events import (
 )
 from lib.streamlog import DONE, LiveLog
 
+TRUNCATED_MARK = " […truncated]"
 UI_STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -78,21 +84,31 @@ def ui_parts(events: Iterator[TurnEvent], message_id: str) -> Iterator[str]:
 
 
 def _parts(events: Iterator[TurnEvent]) -> Iterator[dict[str, Any]]:
-    texts = 0
-    open_text: str | None = None
+    parts = _Parts()
     for event in events:
-        if isinstance(event, TextDelta):
-            if open_text is None:
-                texts += 1
-                open_text = f"text-{texts}"
-                yield {"type": "text-start", "id": open_text}
-            yield {"type": "text-delta", "id": open_text, "delta": event.text}
-            continue
-        if open_text is not None:  # anything else ends the current text part
-            yield {"type": "text-end", "id": open_text}
-            open_text = None
+        yield from parts.of(event)
+
+
+class _Parts:
+    """The UI parts of a turn's events. A text or reasoning part stays open while its deltas
+    come; anything else ends it. Tool parts are passed on only in an order the AI SDK client
+    accepts (it throws on a delta or an output for a call it has not seen): the sandbox is
+    untrusted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.open: tuple[str, str] | None = None  # ("text" or "reasoning", its id)
+        self.streaming: set[str] = set()  # tool calls whose input is being written
+        self.called: set[str] = set()  # tool calls whose whole input was sent
+
+    def of(self, event: TurnEvent) -> Iterator[dict[str, Any]]:
+        if isinstance(event, (TextDelta, ReasoningDelta)):
+            yield from self.delta("text" if isinstance(event, TextDelta) else "reasoning",
+                                  event.text)
+            return
+        yield from self.close()
         if isinstance(event, ToolActivity):
-            yield _tool_part(event)
+            yield from self.tool(event.kind, event.data)
         elif isinstance(event, Notice):
             yield {"type": "data-notice", "data": asdict(event)}
         elif isinstance(event, TurnDone):
@@ -110,17 +126,47 @@ def _parts(events: Iterator[TurnEvent]) -> Iterator[dict[str, Any]]:
             yield {"type": "error", "errorText": event.error.message}
             yield {"type": "finish", "finishReason": "error"}
 
+    def delta(self, kind: str, text: str) -> Iterator[dict[str, Any]]:
+        if self.open is None or self.open[0] != kind:
+            yield from self.close()
+            self.count += 1
+            self.open = (kind, f"{kind}-{self.count}")
+            yield {"type": f"{kind}-start", "id": self.open[1]}
+        yield {"type": f"{kind}-delta", "id": self.open[1], "delta": text}
 
-def _tool_part(event: ToolActivity) -> dict[str, Any]:
-    data = event.data
-    if event.kind == "tool_use":
-        return {"type": "tool-input-available", "toolCallId": data.get("id"),
-                "toolName": data.get("name"), "input": data.get("input"), "dynamic": True}
+    def close(self) -> Iterator[dict[str, Any]]:
+        if self.open is not None:
+            yield {"type": f"{self.open[0]}-end", "id": self.open[1]}
+            self.open = None
+
+    def tool(self, kind: str, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        call = data.get("tool_use_id") if kind == "tool_result" else data.get("id")
+        if kind == "tool_input_start" and call not in self.streaming | self.called:
+            self.streaming.add(call)
+            yield {"type": "tool-input-start", "toolCallId": call, "toolName": data["name"],
+                   "dynamic": True}
+        elif kind == "tool_input_delta" and call in self.streaming:
+            yield {"type": "tool-input-delta", "toolCallId": call, "inputTextDelta": data["delta"]}
+        elif kind == "tool_use":
+            self.streaming.discard(call)
+            self.called.add(call)
+            yield {"type": "tool-input-available", "toolCallId": call, "toolName": data["name"],
+                   "input": data.get("input"), "dynamic": True}
+        elif kind == "tool_result" and call in self.called:
+            self.called.discard(call)
+            yield _tool_output(call, data)
+
+
+def _tool_output(call: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The tool's output as text (already cut to TOOL_OUTPUT_LIMIT characters by
+    lib/runner_lines.py): `{text, truncated}`, or an error's text (a cut one ends with a mark)."""
+    text, truncated = data.get("output") or "", bool(data.get("truncated"))
     if data.get("is_error"):
-        return {"type": "tool-output-error", "toolCallId": data.get("tool_use_id"),
-                "errorText": "the tool reported an error", "dynamic": True}
-    return {"type": "tool-output-available", "toolCallId": data.get("tool_use_id"),
-            "output": {"ok": True}, "dynamic": True}
+        error = (text or "the tool reported an error") + (TRUNCATED_MARK if truncated else "")
+        return {"type": "tool-output-error", "toolCallId": call, "errorText": error,
+                "dynamic": True}
+    return {"type": "tool-output-available", "toolCallId": call,
+            "output": {"text": text, "truncated": truncated}, "dynamic": True}
 
 
 def to_json(events: Iterator[TurnEvent], live: LiveLog) -> tuple[int, dict[str, Any]]:

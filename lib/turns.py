@@ -25,6 +25,7 @@ from lib.conversation import rewind_point, shorten
 from lib.errors import AgentFailed, SandboxUnavailable, ServiceError, TurnTimeout
 from lib.events import (
     Notice,
+    ReasoningDelta,
     TextDelta,
     ToolActivity,
     TurnDone,
@@ -45,6 +46,7 @@ log = logging.getLogger("agent.turns")
 # The backend ends a runner this long after the turn's deadline, should our own kill not land.
 _KILL_MARGIN = 10.0
 STOP_GRACE = 1.5  # seconds the agent has to end a stopped turn before its runner is killed
+TOOL_LINES = ("tool_input_start", "tool_input_delta", "tool_use", "tool_result")
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,9 @@ class Turn:
                 elif kind == "session":
                     session_id = str(message.get("session_id") or "") or None
                     self.mirror.began = True
-                elif kind in ("tool_use", "tool_result"):
+                elif kind == "thinking":
+                    yield ReasoningDelta(message["text"])
+                elif kind in TOOL_LINES:
                     acted = True
                     yield ToolActivity(kind, {k: v for k, v in message.items() if k != "type"})
                 elif kind == "mirror":

@@ -108,6 +108,84 @@ async function* uiParts(response) {
   }
 }
 
+// A tool call or the model's thinking, shown compactly: one line (a <summary>) that opens
+// on a click to the whole of it (for a tool: its input and its output, as far as the server
+// sent it).
+function fold(className, title) {
+  const box = document.createElement("details");
+  box.className = className;
+  const summary = document.createElement("summary");
+  summary.textContent = title;
+  const body = document.createElement("pre");
+  box.append(summary, body);
+  return { box, summary, body };
+}
+
+const oneLine = (text, limit = 80) => {
+  const flat = String(text).replace(/\s+/g, " ").trim();
+  return flat.length > limit ? `${flat.slice(0, limit - 1)}…` : flat;
+};
+const inputLine = (input) => oneLine(typeof input === "string" ? input : JSON.stringify(input ?? {}));
+
+// Shows one streamed answer: its text, thinking and tool calls in the order they came.
+function answerView(answer) {
+  const tools = new Map();  // toolCallId -> {box, summary, body, name, raw}
+  const folds = new Map();  // reasoning id -> fold
+  let text = null;
+  const tool = (id, name) => {
+    if (!tools.has(id)) {
+      const shown = { ...fold("tool", name), name, raw: "" };
+      answer.appendChild(shown.box);
+      tools.set(id, shown);
+    }
+    return tools.get(id);
+  };
+  const settle = (shown, mark, output) => {
+    shown.summary.textContent = `${shown.summary.textContent} ${mark} ${oneLine(output, 60)}`;
+    shown.body.textContent += `\n→ ${output}`;
+    shown.box.classList.add(mark === "✗" ? "failed" : "done");
+  };
+  return {
+    show(part) {
+      if (part.type === "text-start") {  // a new text node: text after a tool goes after it
+        text = document.createTextNode("");
+        answer.appendChild(text);
+      } else if (part.type === "text-delta") {
+        if (!text) answer.appendChild(text = document.createTextNode(""));
+        text.appendData(part.delta);
+      } else if (part.type === "reasoning-start") {
+        const shown = fold("reasoning", "thinking…");
+        answer.appendChild(shown.box);
+        folds.set(part.id, shown);
+      } else if (part.type === "reasoning-delta" && folds.has(part.id)) {
+        const shown = folds.get(part.id);
+        shown.body.textContent += part.delta;
+        shown.summary.textContent = `thinking: ${oneLine(shown.body.textContent, 60)}`;
+      } else if (part.type === "tool-input-start") {
+        tool(part.toolCallId, part.toolName).summary.textContent = `${part.toolName} …`;
+      } else if (part.type === "tool-input-delta" && tools.has(part.toolCallId)) {
+        const shown = tools.get(part.toolCallId);
+        shown.raw += part.inputTextDelta;
+        shown.summary.textContent = `${shown.name} ${inputLine(shown.raw)}`;
+      } else if (part.type === "tool-input-available") {
+        const shown = tool(part.toolCallId, part.toolName);
+        shown.summary.textContent = `${part.toolName} ${inputLine(part.input)}`;
+        shown.body.textContent = JSON.stringify(part.input, null, 2);
+      } else if (part.type === "tool-output-available" && tools.has(part.toolCallId)) {
+        const { text: output, truncated } = part.output || {};
+        settle(tools.get(part.toolCallId), "✓",
+               `${output ?? ""}${truncated ? "\n[…truncated]" : ""}`);
+      } else if (part.type === "tool-output-error" && tools.has(part.toolCallId)) {
+        settle(tools.get(part.toolCallId), "✗", part.errorText);
+      } else if (part.type === "data-notice") setStatus(part.data.message);
+      else if (part.type === "data-error") {
+        answer.classList.add("error");
+        answer.appendChild(document.createTextNode(`\n${part.data.code}: ${part.data.message}`));
+      }
+    },
+  };
+}
+
 async function send(prompt) {
   addMessage("user", prompt);
   const answer = addMessage("assistant", "");
@@ -124,21 +202,8 @@ async function send(prompt) {
       answer.textContent = await errorOf(response);
       return;
     }
-    const text = document.createTextNode("");
-    answer.appendChild(text);
-    for await (const part of uiParts(response)) {
-      if (part.type === "text-delta") text.appendData(part.delta);
-      else if (part.type === "tool-input-available") {
-        const tool = document.createElement("span");
-        tool.className = "tool";
-        tool.textContent = `used ${part.toolName}`;
-        answer.appendChild(tool);
-      } else if (part.type === "data-notice") setStatus(part.data.message);
-      else if (part.type === "data-error") {
-        answer.classList.add("error");
-        answer.appendChild(document.createTextNode(`\n${part.data.code}: ${part.data.message}`));
-      }
-    }
+    const view = answerView(answer);
+    for await (const part of uiParts(response)) view.show(part);
   } catch (error) {
     answer.classList.add("error");
     answer.textContent = `network error: ${error}`;

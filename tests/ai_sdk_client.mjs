@@ -4,7 +4,8 @@
 // SCENARIO "chats": two chats of one user, switched between, a regenerate, history loaded
 // (NEWEST_ONLY, "a" or "b": the chat whose transport sends only the newest message; the other
 // sends the whole history, the default); "resume": a page reloaded mid-turn resumes the stream;
-// "stop": stop() with the stop endpoint.
+// "stop": stop() with the stop endpoint; "tools": an answer with tool calls (input streamed,
+// output) and one with thinking, as the client's message parts.
 // Prints one JSON object with what it saw; tests/test_ai_sdk.py judges it.
 import { createRequire } from "node:module";
 
@@ -96,5 +97,21 @@ async function stop() {
            error: String(chat.error ?? ""), history: (await history(id)).messages };
 }
 
-const run = { chats, resume, stop }[scenario];
+async function tools() {
+  const chat = new Chat({ id: `tools-${user}`, transport: transport(true) });
+  const parts = (message) => message.parts.map((p) => (
+    p.type === "dynamic-tool"
+      ? { type: p.type, toolName: p.toolName, state: p.state, input: p.input, output: p.output,
+          errorText: p.errorText }
+      : { type: p.type, text: p.text, state: p.state }));
+  const seen = [];
+  for (const text of ["Please write hello sdk to sdk.txt", "Think about figs."]) {
+    await chat.sendMessage({ text });
+    seen.push({ status: chat.status, error: String(chat.error ?? ""),
+                parts: parts(chat.messages.at(-1)) });
+  }
+  return { seen };
+}
+
+const run = { chats, resume, stop, tools }[scenario];
 console.log(JSON.stringify(await run()));

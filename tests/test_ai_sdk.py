@@ -1,7 +1,8 @@
 """The real npm AI SDK client against the dev server: `Chat` (@ai-sdk/react, outside React) with
 `DefaultChatTransport` (ai), run by node (tests/ai_sdk_client.mjs), for ai@5 and ai@7. Two
 chats of one user, switched between, a regenerate, history loaded with the ids the client saw;
-a reload mid-turn that resumes the stream; stop() together with the stop endpoint. Skipped,
+a reload mid-turn that resumes the stream; stop() together with the stop endpoint; tool calls
+and thinking as the client's message parts. Skipped,
 visibly, where node or npm is missing or the packages cannot be installed."""
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def installed(version: str) -> Path:
 def serve(start_dev_server, upstash_fakeredis: Upstash):
     """Start the dev server against a model's URL, in a keyspace of its own."""
 
-    def start(model_url: str):
+    def start(model_url: str, **env: str):
         return start_dev_server(UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
                                 UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
                                 ANTHROPIC_BASE_URL=model_url,
-                                KEY_PREFIX=f"aisdk{os.urandom(3).hex()}")
+                                KEY_PREFIX=f"aisdk{os.urandom(3).hex()}", **env)
 
     return start
 
@@ -158,3 +159,22 @@ def test_stop_with_the_stop_endpoint_ends_the_turn_and_the_next_message_runs(ver
     assert ids == [(m["id"], m["role"]) for m in seen["history"]]  # the same messages
     # (the client stopped reading at once: it may have less of the stopped answer than was kept)
     assert stopped["text"].startswith(seen["chat"][1]["text"])
+
+
+@pytest.mark.parametrize("version", PACKAGES)
+def test_tool_calls_and_thinking_become_the_clients_message_parts(version, serve, model):
+    dev = serve(model[1].url, AGENT_PERMISSION_MODE="acceptEdits")
+    wrote, thought = client(version, dev.url, "tools")["seen"]
+    assert (wrote["status"], wrote["error"]) == ("ready", ""), wrote
+    tools = [p for p in wrote["parts"] if p["type"] == "dynamic-tool"]
+    assert [(t["toolName"], t["state"]) for t in tools] == [("Write", "output-available"),
+                                                            ("Read", "output-available")]
+    assert tools[0]["input"]["content"] == "hello sdk"
+    assert tools[0]["output"]["text"].startswith("File created successfully")
+    assert tools[1]["output"] == {"text": "1\thello sdk", "truncated": False}
+    texts = [p["text"] for p in wrote["parts"] if p["type"] == "text"]
+    assert "read back: 1\thello sdk" in texts[-1]
+    assert (thought["status"], thought["error"]) == ("ready", ""), thought
+    reasoning = [p for p in thought["parts"] if p["type"] == "reasoning"]
+    assert len(reasoning) == 1 and reasoning[0]["state"] == "done"
+    assert reasoning[0]["text"].startswith("The user asked me to think about 'Think about figs.'")

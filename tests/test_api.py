@@ -201,20 +201,58 @@ def test_a_use_chat_body_is_a_turn_with_the_newest_user_message(world: World):
 
 def test_tool_activity_and_notices_become_ui_parts(world: World):
     world.sandboxes.scripts.append(Script([
+        line("thinking", text="Hmm, "), line("thinking", text="a file."),
         line("text", text="Let me look."),
+        line("tool_input_start", id="tu1", name="Read"),
+        line("tool_input_delta", id="tu1", delta='{"file_path": '),
+        line("tool_input_delta", id="tu1", delta='"a.txt"}'),
         line("tool_use", id="tu1", name="Read", input={"file_path": "a.txt"}),
-        line("tool_result", tool_use_id="tu1", is_error=False),
+        line("tool_result", tool_use_id="tu1", is_error=False, output="1\thello",
+             truncated=False),
         line("tool_use", id="tu2", name="Bash", input={"command": "ls"}),
-        line("tool_result", tool_use_id="tu2", is_error=True),
+        line("tool_result", tool_use_id="tu2", is_error=True, output="ls: denied"),
         line("text", text="Done."), ok_result("sess-1", "Let me look. Done.")]))
     parts = ui_parts(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
-    assert kinds(parts)[2:-3] == ["text-start", "text-delta", "text-end", "tool-input-available",
-                                  "tool-output-available", "tool-input-available",
-                                  "tool-output-error", "text-start", "text-delta", "text-end"]
-    tool = parts[5]
-    assert (tool["toolCallId"], tool["toolName"], tool["input"]) == ("tu1", "Read",
-                                                                     {"file_path": "a.txt"})
-    assert parts[2]["id"] != parts[9]["id"]
+    assert kinds(parts)[2:-3] == [
+        "reasoning-start", "reasoning-delta", "reasoning-delta", "reasoning-end",
+        "text-start", "text-delta", "text-end",
+        "tool-input-start", "tool-input-delta", "tool-input-delta", "tool-input-available",
+        "tool-output-available", "tool-input-available", "tool-output-error",
+        "text-start", "text-delta", "text-end"]
+    assert parts[2] == {"type": "reasoning-start", "id": "reasoning-1"}
+    assert "".join(p["delta"] for p in parts[3:5]) == "Hmm, a file."
+    assert parts[9] == {"type": "tool-input-start", "toolCallId": "tu1", "toolName": "Read",
+                        "dynamic": True}
+    assert "".join(p["inputTextDelta"] for p in parts[10:12]) == '{"file_path": "a.txt"}'
+    assert parts[12] == {"type": "tool-input-available", "toolCallId": "tu1", "toolName": "Read",
+                         "input": {"file_path": "a.txt"}, "dynamic": True}
+    assert parts[13] == {"type": "tool-output-available", "toolCallId": "tu1",
+                         "output": {"text": "1\thello", "truncated": False}, "dynamic": True}
+    assert parts[15] == {"type": "tool-output-error", "toolCallId": "tu2",
+                         "errorText": "ls: denied", "dynamic": True}
+    assert len({parts[2]["id"], parts[6]["id"], parts[16]["id"]}) == 3
+
+
+def test_tool_output_is_cut_redacted_and_only_for_calls_the_client_saw(world: World):
+    key = "sk-test-secret"  # the model key, which a tool may print
+    world.sandboxes.scripts.append(Script([
+        line("tool_input_delta", id="nobody", delta="{"),  # no start: a client would throw
+        line("tool_result", tool_use_id="nobody", is_error=False, output="?"),
+        line("tool_use", id="tu1", name="Read", input={"file_path": "big.txt"}),
+        line("tool_result", tool_use_id="tu1", is_error=False,  # a sandbox that did not cut
+             output=f"{key} " + "z" * 5000, truncated=False),
+        line("tool_use", id="tu2", name="Bash", input={"command": "env"}),
+        line("tool_result", tool_use_id="tu2", is_error=True,  # cut in the middle of the key
+             output="x" * 3990 + key[:10], truncated=True),
+        ok_result()]))
+    parts = ui_parts(world.client().post("/api/chat", json={"prompt": "hi"}, headers=SSE).data)
+    assert kinds(parts)[2:-3] == ["tool-input-available", "tool-output-available",
+                                  "tool-input-available", "tool-output-error"]
+    output = parts[3]["output"]
+    assert output["truncated"] is True and len(output["text"]) == 4000
+    assert output["text"].startswith("[redacted] zzz")
+    error = parts[5]["errorText"]
+    assert error == "x" * 3990 + "[redacted] […truncated]"  # not the key's first characters
 
 
 def test_sse_reports_a_failure_as_an_error_part(world: World):
@@ -557,15 +595,18 @@ def test_clients_cannot_choose_agent_options_the_operator_did_not_allow(world: W
 def test_allowed_options_are_validated_and_applied(world: World):
     import dataclasses
 
-    world.services.settings.__dict__["client_options"] = ("model", "max_turns")
+    world.services.settings.__dict__["client_options"] = ("model", "max_turns", "thinking")
     ok = world.client().post("/api/chat", headers=ALICE, json={
-        "prompt": "hi", "options": {"model": "claude-haiku-x", "max_turns": 2}, "extra": "ignored"})
+        "prompt": "hi", "options": {"model": "claude-haiku-x", "max_turns": 2, "thinking": 4096},
+        "extra": "ignored"})
     assert ok.status_code == 200
     job = world.sandboxes.runs[-1]["job"]["options"]
     assert job["model"] == "claude-haiku-x" and job["max_turns"] == 2
+    assert job["thinking"] == {"type": "enabled", "budget_tokens": 4096, "display": "summarized"}
     assert job["permission_mode"] == world.services.settings.agent.permission_mode
     for bad in ({"max_turns": 99}, {"max_turns": True}, {"model": ""}, {"model": 3},
-                {"permission_mode": "plan"}):
+                {"permission_mode": "plan"}, {"thinking": "lots"}, {"thinking": True},
+                {"thinking": 10}):
         response = world.client().post("/api/chat", json={"prompt": "hi", "options": bad},
                                        headers=ALICE)
         assert response.status_code == 400, bad

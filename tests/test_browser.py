@@ -175,3 +175,46 @@ def test_a_page_on_another_origin_calls_the_api_only_when_listed(browser, start_
                 assert result[0] == "blocked", result
     finally:
         other.stop()
+
+
+def test_the_page_shows_tool_calls_and_thinking_compactly(browser, start_dev_server,
+                                                          upstash_fakeredis, model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dev = start_dev_server(UPSTASH_REDIS_REST_URL=upstash_fakeredis.url,
+                           UPSTASH_REDIS_REST_TOKEN=upstash_fakeredis.token,
+                           ANTHROPIC_BASE_URL=model[1].url, KEY_PREFIX="browser-tools",
+                           AGENT_PERMISSION_MODE="acceptEdits")
+    wait = WebDriverWait(browser, 60)
+    browser.get(dev.url)
+    browser.find_element(By.ID, "user").send_keys("tool-user", Keys.TAB)
+
+    def ask(prompt: str) -> dict:
+        browser.find_element(By.ID, "prompt").send_keys(prompt, Keys.ENTER)
+        wait.until(lambda _: browser.find_element(By.ID, "status").text == "ready"
+                   and browser.find_elements(By.CSS_SELECTOR, "#messages .assistant"))
+        return browser.execute_script("""
+            const answer = [...document.querySelectorAll('#messages .assistant')].at(-1);
+            const folds = [...answer.querySelectorAll('details')].map((d) => ({
+              kind: d.className, open: d.open, line: d.querySelector('summary').innerText,
+              body: d.querySelector('pre').textContent}));
+            return {folds, text: answer.innerText};""")
+
+    shown = ask("Please write hello page to page.txt")
+    tools = shown["folds"]
+    assert [(t["kind"], t["open"]) for t in tools] == [("tool done", False)] * 2  # one line each
+    assert tools[0]["line"].startswith('Write {"file_path":"') and "✓ File created" in tools[0][
+        "line"]
+    assert tools[1]["line"].startswith('Read {"file_path":"') and tools[1]["line"].endswith(
+        "✓ 1 hello page")
+    assert '"content": "hello page"' in tools[0]["body"]  # opened: the whole input and output
+    assert tools[1]["body"].endswith("→ 1\thello page")
+    assert shown["text"].endswith("I wrote page.txt and read back: 1\thello page")
+
+    shown = ask("Think about pears.")
+    thought = shown["folds"][0]
+    assert thought["kind"] == "reasoning" and thought["line"].startswith("thinking: The user")
+    assert thought["body"].startswith("The user asked me to think about 'Think about pears.'")
+    assert "You said: 'Think about pears.'" in shown["text"]

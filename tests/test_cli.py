@@ -29,14 +29,50 @@ def test_chat_prints_the_streamed_answer_and_sends_identity():
         {"type": "start"}, {"type": "text-start", "id": "t"},
         {"type": "text-delta", "id": "t", "delta": "Hello "},
         {"type": "tool-input-available", "toolCallId": "1", "toolName": "Read", "input": {}},
+        {"type": "tool-output-available", "toolCallId": "1", "output": {"text": "a"}},
         {"type": "text-delta", "id": "t", "delta": "there"},
         {"type": "data-session", "data": {"session_id": "s", "turn": 1}}, {"type": "finish"}))
     code, out, err = run("--token", "jwt-token", "chat", "hi", "you")
-    assert (code, out) == (0, "Hello there\n") and "[tool Read]" in err
+    assert (code, out) == (0, "Hello there\n") and "[tool Read] {}\n  -> a\n" in err
     sent = responses.calls[0].request
     assert json.loads(sent.body) == {"prompt": "hi you"}
     assert sent.headers["Authorization"] == "Bearer jwt-token"
     assert sent.headers["Accept"] == "text/event-stream"
+
+
+@responses.activate
+def test_tools_and_thinking_are_shown_compactly_on_stderr():
+    write = {"file_path": "/work/notes.txt", "content": "hello\n" * 40}
+    responses.post(f"{URL}/api/chat", content_type="text/event-stream", body=stream(
+        {"type": "reasoning-start", "id": "r"}, {"type": "reasoning-delta", "id": "r",
+                                                 "delta": "Let me "},
+        {"type": "reasoning-delta", "id": "r", "delta": "write it."},
+        {"type": "reasoning-end", "id": "r"},
+        {"type": "tool-input-start", "toolCallId": "1", "toolName": "Write", "dynamic": True},
+        {"type": "tool-input-delta", "toolCallId": "1", "inputTextDelta": "{"},
+        {"type": "tool-input-available", "toolCallId": "1", "toolName": "Write", "input": write,
+         "dynamic": True},
+        {"type": "tool-output-available", "toolCallId": "1", "dynamic": True,
+         "output": {"text": "File created\nsuccessfully", "truncated": False}},
+        {"type": "tool-input-available", "toolCallId": "2", "toolName": "Read",
+         "input": {"file_path": "/work/big.txt"}, "dynamic": True},
+        {"type": "tool-output-available", "toolCallId": "2", "dynamic": True,
+         "output": {"text": "x" * 4000, "truncated": True}},
+        {"type": "tool-input-available", "toolCallId": "3", "toolName": "Bash",
+         "input": {"command": "rm -rf /"}, "dynamic": True},
+        {"type": "tool-output-error", "toolCallId": "3", "errorText": "permission denied",
+         "dynamic": True},
+        {"type": "text-delta", "id": "t", "delta": "Done."}, {"type": "finish"}))
+    code, out, err = run("chat", "write it")
+    assert (code, out) == (0, "Done.\n")
+    shown = err.strip().splitlines()
+    assert shown[0] == "[thinking] Let me write it."
+    assert shown[2].startswith('[tool Write] {"file_path": "/work/notes.txt", "content": "hello')
+    assert shown[2].endswith("…") and len(shown[2]) == len("[tool Write] ") + 100
+    assert shown[3] == "  -> File created successfully"
+    assert shown[5:] == ['[tool Read] {"file_path": "/work/big.txt"}',
+                         f"  -> {'x' * 99}… [truncated]", "",
+                         '[tool Bash] {"command": "rm -rf /"}', "  -> error: permission denied"]
 
 
 @responses.activate

@@ -73,6 +73,18 @@ def test_agent_options_come_from_the_operator():
     assert s.agent.max_turns == 3 and s.agent.model == "m"
 
 
+def test_thinking_is_the_operators_choice_and_asks_for_the_text():
+    assert settings().agent.to_job()["thinking"] is None  # the CLI's own default
+    assert settings(AGENT_THINKING="adaptive").agent.to_job()["thinking"] == {
+        "type": "adaptive", "display": "summarized"}
+    assert settings(AGENT_THINKING="disabled").agent.to_job()["thinking"] == {"type": "disabled"}
+    assert settings(AGENT_THINKING="2048").agent.to_job()["thinking"] == {
+        "type": "enabled", "budget_tokens": 2048, "display": "summarized"}
+    for bad in ("on", "100", "-5"):
+        with pytest.raises(ConfigError, match="AGENT_THINKING"):
+            settings(AGENT_THINKING=bad)
+
+
 def test_rate_limit_forms():
     assert settings().rate_limit == (20, 60)
     assert settings(RATE_LIMIT="5/10").rate_limit == (5, 10)

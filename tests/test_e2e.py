@@ -694,3 +694,64 @@ def test_a_function_killed_before_its_commit_loses_no_turn(start_dev_server, mod
         assert [m["role"] for m in stored] == ["user", "assistant"] * 3
     finally:
         stand_in.stop()
+
+
+def ui_stream(url: str, prompt: str, user: str) -> list[dict]:
+    """The parts of a streamed turn, decoded."""
+    return [json.loads(data) for _, data in post_stream(None, url, user, prompt)
+            if data != "[DONE]"]
+
+
+def test_a_tool_call_shows_its_input_and_output_in_the_stream_and_the_cli(serve, model,
+                                                                          tmp_path: Path):
+    import subprocess
+    import sys
+
+    _, server = model
+    dev = serve(server.url, AGENT_PERMISSION_MODE="acceptEdits")  # Write needs no approval
+    parts = ui_stream(dev.url, "Please write hello tools to notes.txt", "tess")
+    names = [p["type"] for p in parts]
+    assert names[-1] == "finish" and parts[-1]["finishReason"] == "stop", parts
+    calls = [p for p in parts if p["type"] == "tool-input-available"]
+    assert [c["toolName"] for c in calls] == ["Write", "Read"] and all(c["dynamic"] for c in calls)
+    written = next(tmp_path.glob("data/sandboxes/*/work/notes.txt"))  # in the sandbox, for real
+    assert written.read_text() == "hello tools"
+    assert calls[0]["input"] == {"file_path": str(written), "content": "hello tools"}
+    write = calls[0]["toolCallId"]
+    streamed = "".join(p["inputTextDelta"] for p in parts if p["type"] == "tool-input-delta"
+                       and p["toolCallId"] == write)  # the input, as the model wrote it
+    assert json.loads(streamed) == calls[0]["input"]
+    assert names.index("tool-input-start") < names.index("tool-input-delta") < names.index(
+        "tool-input-available")
+    outputs = {p["toolCallId"]: p["output"] for p in parts if p["type"] == "tool-output-available"}
+    assert outputs[write]["text"].startswith("File created successfully")
+    assert outputs[calls[1]["toolCallId"]] == {"text": "1\thello tools", "truncated": False}
+    assert "I wrote notes.txt and read back: 1\thello tools" in text_of(
+        [(0, json.dumps(p)) for p in parts])
+
+    cli = subprocess.run([sys.executable, "-m", "lib.cli", "--url", dev.url, "--user", "tess",
+                          "--chat", "again", "chat", "Now write more to other.txt"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    shown = cli.stderr.splitlines()  # the call and its input on one line, then its output
+    write_line = next(i for i, line in enumerate(shown) if line.startswith("[tool Write]"))
+    assert shown[write_line].startswith(f'[tool Write] {{"file_path": "{written.parent}'[:100])
+    assert shown[write_line + 1].startswith("  -> File created successfully")
+    assert shown[-2].startswith("[tool Read]") and shown[-1] == "  -> 1 more"
+    assert "read back: 1\tmore" in cli.stdout
+
+
+def test_a_refused_tool_and_the_models_thinking_reach_the_stream(serve, model):
+    _, server = model
+    dev = serve(server.url, AGENT_THINKING="adaptive")  # default permissions: Write is refused
+    parts = ui_stream(dev.url, "Please write nope to refused.txt", "uri")
+    error = next(p for p in parts if p["type"] == "tool-output-error")
+    assert "requested permissions to write" in error["errorText"] and error["dynamic"] is True
+    parts = ui_stream(dev.url, "Think about plums, then answer.", "uri")
+    names = [p["type"] for p in parts]
+    assert names[2:4] == ["reasoning-start", "reasoning-delta"]
+    thought = "".join(p["delta"] for p in parts if p["type"] == "reasoning-delta")
+    assert thought.startswith("The user asked me to think about")
+    assert names.index("reasoning-end") < names.index("text-start")
+    asked = model[0].requests[-1]["thinking"]
+    assert asked == {"type": "adaptive", "display": "summarized"}  # AGENT_THINKING reached it

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lib import runner_lines
 from lib.runner import LAUNCHER, NEEDS_INSTALL, PYTHON_FLAGS, RUNNER_SOURCE_PATH
-from lib.runner.agent_runner import read_job, trust_system_ca
+from lib.runner.agent_runner import TOOL_OUTPUT_LIMIT, Translator, read_job, trust_system_ca
 
 
 def launch(tmp_path: Path, *args: str, marker: str = "", want: str = "",
@@ -144,3 +145,55 @@ def test_without_an_agent_the_turn_runs_one_shot_with_its_job(tmp_path: Path):
                   runner=runner)
     assert json.loads(done.stdout.splitlines()[-1]) == [
         "--job", base64.b64encode(b'{"prompt": "p"}').decode(), "--warm"]
+
+
+def test_tool_calls_thinking_and_tool_output_become_lines_the_function_accepts():
+    from claude_agent_sdk import (
+        AssistantMessage,
+        StreamEvent,
+        ToolResultBlock,
+        ToolUseBlock,
+        UserMessage,
+    )
+
+    lines: list[dict] = []
+    translate = Translator(lambda kind, **fields: lines.append({"type": kind, **fields}))
+
+    def event(body: dict, parent: str | None = None) -> StreamEvent:
+        return StreamEvent(uuid="u", session_id="s", event=body, parent_tool_use_id=parent)
+
+    for body in (
+        {"type": "message_start", "message": {}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "Hmm."}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "signature_delta", "signature": "x"}},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "tu1", "name": "Read", "input": {}}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"file_path":'}},
+        {"type": "content_block_delta", "index": 7,  # a block that is no tool call
+         "delta": {"type": "input_json_delta", "partial_json": "?"}},
+    ):
+        translate(event(body))
+    translate(event({"type": "content_block_delta", "index": 0,  # a subagent's: not ours
+                     "delta": {"type": "text_delta", "text": "sub"}}, parent="tu0"))
+    translate(AssistantMessage(content=[ToolUseBlock("tu1", "Read", {"file_path": "a"})],
+                               model="m"))
+    translate(UserMessage(content=[
+        ToolResultBlock("tu1", [{"type": "text", "text": "a" * 5000}, {"type": "image"}]),
+        ToolResultBlock("tu2", "denied", is_error=True), ToolResultBlock("tu3", None)]))
+    assert lines[:4] == [
+        {"type": "thinking", "text": "Hmm."},
+        {"type": "tool_input_start", "id": "tu1", "name": "Read"},
+        {"type": "tool_input_delta", "id": "tu1", "delta": '{"file_path":'},
+        {"type": "tool_use", "id": "tu1", "name": "Read", "input": {"file_path": "a"}}]
+    results = lines[4:]
+    assert [(r["tool_use_id"], r["is_error"], r["truncated"]) for r in results] == [
+        ("tu1", False, True), ("tu2", True, False), ("tu3", False, False)]
+    assert results[0]["output"] == "a" * TOOL_OUTPUT_LIMIT
+    assert [r["output"] for r in results[1:]] == ["denied", ""]
+    assert TOOL_OUTPUT_LIMIT == runner_lines.TOOL_OUTPUT_LIMIT == 4000  # the README's figure
+    for sent in lines:  # every line passes the function's checks, unchanged
+        assert runner_lines.parse(json.dumps(sent)) == sent

@@ -27,7 +27,8 @@ damaged, and restore_needed is said),
 entry `resume_at`, dropping the turn of the prompt `drops_turn`; the SDK's resume_session_at and
 resume_drops_turn),
 "restore": {"entries": [...], "subkeys": {subpath: [...]}} | null} with options among model,
-system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns. `restore` comes
+system_prompt, allowed_tools, disallowed_tools, permission_mode, max_turns, thinking (the SDK's
+ThinkingConfig). `restore` comes
 when the sandbox lost the transcript: the SDK materialises it from our store's `load`, and it is
 written into this sandbox's config dir so later turns resume from local disk again.
 Every stdout line is one JSON object with a "type":
@@ -39,8 +40,13 @@ Every stdout line is one JSON object with a "type":
   restore_needed {"session_id"}                  resume asked, no local transcript, no restore
                                                  given: nothing ran (exit status 3)
   text       {"text"}                            a streamed text delta
-  tool_use   {"id", "name", "input"}             the agent called a tool
-  tool_result {"tool_use_id", "is_error"}        a tool answered
+  thinking   {"text"}                            a streamed delta of the model's thinking
+  tool_input_start {"id", "name"}                the model began writing a tool call
+  tool_input_delta {"id", "delta"}               a piece of that call's input JSON, as written
+  tool_use   {"id", "name", "input"}             the agent called a tool (the whole input)
+  tool_result {"tool_use_id", "is_error", "output", "truncated"}   a tool answered: its output
+                                                 (or error) as text, cut to TOOL_OUTPUT_LIMIT
+                                                 characters (truncated says so)
   result     {"session_id", "text", "is_error", "subtype", "errors", "usage", "cost_usd", "num_turns",
               "agent_ms"? (warm: the agent's time from the job to the result)}
   error      {"code", "message", "detail"}       the query could not run (exit status 1);
@@ -72,8 +78,12 @@ from typing import Any
 
 ALLOWED_OPTIONS = (
     "model", "system_prompt", "allowed_tools", "disallowed_tools", "permission_mode", "max_turns",
+    "thinking",
 )
 Emit = Callable[..., None]
+# A tool's output is sent to the client cut to this many characters (README: "Tool output");
+# the function cuts it again (lib/runner_lines.py), as it trusts nothing the sandbox prints.
+TOOL_OUTPUT_LIMIT = 4000
 
 
 def emit(kind: str, **fields: Any) -> None:
@@ -213,40 +223,93 @@ def build_options(job: dict[str, Any], cwd: str, stderr_tail: deque[str],
     )
 
 
-def translate(message: Any, out: Emit) -> str | None:
-    """Report one SDK message as lines; the session id once it is the turn's result."""
-    from claude_agent_sdk import (
-        AssistantMessage,
-        ResultMessage,
-        StreamEvent,
-        SystemMessage,
-        ToolResultBlock,
-        ToolUseBlock,
-        UserMessage,
-    )
+def tool_output(content: Any) -> str:
+    """A tool result's content as text: its text blocks joined, other blocks (images) named."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(block.get("text", "") if block.get("type") == "text"
+                     else f"[{block.get('type', 'block')}]"
+                     for block in content if isinstance(block, dict))
 
-    if isinstance(message, SystemMessage) and message.subtype == "init":
-        out("session", session_id=message.data.get("session_id"))
-    elif isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
-        event = message.event
-        delta = event.get("delta") or {}
-        if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
-            out("text", text=delta.get("text", ""))
-    elif isinstance(message, AssistantMessage):
-        for block in message.content:
+
+def clip(text: str, limit: int = TOOL_OUTPUT_LIMIT) -> tuple[str, bool]:
+    """At most `limit` characters of a tool's output, and whether it was cut."""
+    return (text[:limit], True) if len(text) > limit else (text, False)
+
+
+class Translator:
+    """Reports SDK messages as lines. Streamed content blocks are numbered per model message:
+    it remembers which tool call each block index is, so the call's input JSON can be
+    reported piece by piece as the model writes it."""
+
+    def __init__(self, out: Emit) -> None:
+        self.out = out
+        self.tool_blocks: dict[int, str] = {}
+
+    def __call__(self, message: Any) -> str | None:
+        """Report one message; the session id once it is the turn's result."""
+        from claude_agent_sdk import (
+            AssistantMessage,
+            ResultMessage,
+            StreamEvent,
+            SystemMessage,
+            UserMessage,
+        )
+
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            self.out("session", session_id=message.data.get("session_id"))
+        elif isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
+            self.stream_event(message.event)
+        elif isinstance(message, AssistantMessage):
+            self.tool_uses(message.content)
+        elif isinstance(message, UserMessage) and isinstance(message.content, list):
+            self.tool_results(message.content)
+        elif isinstance(message, ResultMessage):
+            self.out("result", session_id=message.session_id, text=message.result or "",
+                     is_error=message.is_error, subtype=message.subtype,
+                     errors=message.errors or [], usage=message.usage or {},
+                     cost_usd=message.total_cost_usd, num_turns=message.num_turns)
+            return message.session_id
+        return None
+
+    def stream_event(self, event: dict[str, Any]) -> None:
+        """Text, thinking and tool input as the model produces them (the Messages API's
+        streaming events, passed on by the CLI with include_partial_messages)."""
+        kind, index = event.get("type"), event.get("index")
+        if kind == "message_start":
+            self.tool_blocks.clear()
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use" and block.get("id"):
+                self.tool_blocks[index] = block["id"]
+                self.out("tool_input_start", id=block["id"], name=block.get("name") or "tool")
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self.out("text", text=delta.get("text", ""))
+            elif delta.get("type") == "thinking_delta":
+                self.out("thinking", text=delta.get("thinking", ""))
+            elif delta.get("type") == "input_json_delta" and index in self.tool_blocks:
+                self.out("tool_input_delta", id=self.tool_blocks[index],
+                         delta=delta.get("partial_json", ""))
+
+    def tool_uses(self, content: list[Any]) -> None:
+        from claude_agent_sdk import ToolUseBlock
+
+        for block in content:
             if isinstance(block, ToolUseBlock):
-                out("tool_use", id=block.id, name=block.name, input=block.input)
-    elif isinstance(message, UserMessage) and isinstance(message.content, list):
-        for block in message.content:
+                self.out("tool_use", id=block.id, name=block.name, input=block.input)
+
+    def tool_results(self, content: list[Any]) -> None:
+        from claude_agent_sdk import ToolResultBlock
+
+        for block in content:
             if isinstance(block, ToolResultBlock):
-                out("tool_result", tool_use_id=block.tool_use_id, is_error=bool(block.is_error))
-    elif isinstance(message, ResultMessage):
-        out("result", session_id=message.session_id, text=message.result or "",
-            is_error=message.is_error, subtype=message.subtype, errors=message.errors or [],
-            usage=message.usage or {}, cost_usd=message.total_cost_usd,
-            num_turns=message.num_turns)
-        return message.session_id
-    return None
+                output, truncated = clip(tool_output(block.content))
+                self.out("tool_result", tool_use_id=block.tool_use_id,
+                         is_error=bool(block.is_error), output=output, truncated=truncated)
 
 
 def report_failure(out: Emit, error: BaseException, stderr_tail: deque[str]) -> None:
@@ -265,8 +328,9 @@ async def one_shot(job: dict[str, Any]) -> int:
         if cwd is None:
             return 3
         options = build_options(job, cwd, stderr_tail, MirrorStore())
+        translate = Translator(emit)
         async for message in query(prompt=job["prompt"], options=options):
-            finished = translate(message, emit) or finished
+            finished = translate(message) or finished
     except Exception as error:  # report, never hang: the function maps this to a clear error
         report_failure(emit, error, stderr_tail)
         return 1
@@ -372,10 +436,11 @@ class WarmAgent:
         warm.store.emit = out
         self.current = warm
         finished = None
+        translate = Translator(out)
         try:
             await warm.client.query(job["prompt"])
             async for message in warm.client.receive_response():
-                finished = translate(message, out) or finished
+                finished = translate(message) or finished
                 await writer.drain()
         except BaseException as error:  # cancelled (caller gone) or broken: never reuse it
             if resume:
