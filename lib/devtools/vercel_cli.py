@@ -85,3 +85,65 @@ def cli_env(base: dict[str, str] | None = None, root: Path = ROOT) -> dict[str, 
     env["VERCEL_TELEMETRY_DISABLED"] = "1"
     env["NO_UPDATE_NOTIFIER"] = "1"
     return env
+
+
+PROJECT_JSON_HELP = (
+    "`vercel build` needs .vercel/project.json: without it the CLI asks Vercel for your teams "
+    "and, offline, hangs at \"Loading teams\". Run `vercel link` once (online), or, for an "
+    "offline check of what would be deployed, ./scripts/check-vercel-build (it builds a copy "
+    "with a placeholder project.json).")
+
+
+def generated_manifest(root: Path) -> bool:
+    """Whether root/pyproject.toml is the one `vercel build` wrote from requirements.txt (a
+    `[project]` named "app" and nothing else), not a file of the project's own."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((root / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return set(data) == {"project"} and data["project"].get("name") == "app"
+
+
+def remove_generated_manifest(root: Path) -> list[str]:
+    """Delete the pyproject.toml and uv.lock a previous `vercel build` left: with them the next
+    build installs from uv.lock and ignores requirements.txt. Returns what was deleted."""
+    if not generated_manifest(root):
+        return []
+    removed = []
+    for name in ("pyproject.toml", "uv.lock"):
+        if (root / name).exists():
+            (root / name).unlink()
+            removed.append(name)
+    return removed
+
+
+def build(root: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`vercel build --yes` in `root` that follows requirements.txt every time: the generated
+    manifest is removed before and after. Needs root/.vercel/project.json (RuntimeError with
+    what to do, instead of the CLI hanging offline)."""
+    if not (root / ".vercel" / "project.json").is_file():
+        raise RuntimeError(PROJECT_JSON_HELP)
+    cli = vercel_cli()
+    remove_generated_manifest(root)
+    try:
+        return subprocess.run([str(cli), "build", "--yes"], cwd=root, env=cli_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        remove_generated_manifest(root)
+
+
+def main() -> int:
+    """`vercel build` of this checkout, in place (for `vercel deploy --prebuilt`)."""
+    try:
+        result = build(ROOT)
+    except RuntimeError as error:
+        print(f"vercel-build: {error}")
+        return 2
+    print(result.stdout + result.stderr, end="")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
