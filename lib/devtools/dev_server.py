@@ -20,11 +20,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 
 from lib.devtools.serving import serve_in_background
+
+if TYPE_CHECKING:
+    from lib.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -155,13 +158,19 @@ def main() -> None:
     except KeyboardInterrupt:
         server.stop()
     finally:
-        if settings.sandbox_backend == "local":  # leave no warm agent running behind us
-            from lib.sandboxes.local import LocalSandboxBackend
+        stop_local_sandboxes(settings)
 
-            backend = LocalSandboxBackend(settings.data_dir)
-            for info in backend.list():
-                if info.status == "running":
-                    backend.stop(info.name)
+
+def stop_local_sandboxes(settings: Settings) -> None:
+    """Stop the running local sandboxes under DATA_DIR, so no warm agent outlives the server
+    that started it (they run detached from the function process)."""
+    if settings.sandbox_backend == "local":
+        from lib.sandboxes.local import LocalSandboxBackend
+
+        backend = LocalSandboxBackend(settings.data_dir)
+        for info in backend.list():
+            if info.status == "running":
+                backend.stop(info.name)
 
 
 if __name__ == "__main__":
