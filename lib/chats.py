@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lib.auth import user_hash
 from lib.config import Settings
@@ -113,12 +114,11 @@ class Chats:
         if not isinstance(message_id, str) or not message_id:
             raise InvalidRequest('"message_id" must name a message of the conversation')
         user = self._user(user_id)
-        source = self.state.read_chat(user, chat)
-        if source is None:
+        stored = self._stored(user, chat)
+        if stored is None:
             return None
-        entries = self.transcripts.load({"project_key": user, "session_id": source.session_id})
-        ids = self.state.message_ids(user, chat)
-        history = history_until(entries or [], message_id, ids)
+        source, entries, ids = stored
+        history = history_until(entries, message_id, ids)
         if history is None:
             raise InvalidRequest(f"conversation {chat!r} has no message {message_id!r}")
         name = new_chat or f"fork-{secrets.token_hex(6)}"
@@ -146,11 +146,18 @@ class Chats:
     def messages(self, user_id: str, chat: str) -> list[Message] | None:
         """The chat's messages, from the durable transcript (not the sandbox), with the ids the
         client saw when it sent and streamed them."""
-        user = self._user(user_id)
+        stored = self._stored(self._user(user_id), chat)
+        if stored is None:
+            return None
+        _, entries, ids = stored
+        return [Message(ids.get(m.id, m.id), m.role, m.text, m.created_at)
+                for m in messages_from(entries)]
+
+    def _stored(self, user: str, chat: str) -> tuple[ChatRecord, list[Any], dict[str, str]] | None:
+        """The chat's record, its durable transcript and the ids the client saw; None when
+        there is no such chat."""
         record = self.state.read_chat(user, chat)
         if record is None:
             return None
         entries = self.transcripts.load({"project_key": user, "session_id": record.session_id})
-        ids = self.state.message_ids(user, chat)
-        return [Message(ids.get(m.id, m.id), m.role, m.text, m.created_at)
-                for m in messages_from(entries or [])]
+        return record, entries or [], self.state.message_ids(user, chat)

@@ -69,7 +69,6 @@ class TurnLimits:
         self.prefix = prefix
         self.rate = rate  # (turns, seconds)
         self.per_day = per_day
-        self.description = {"rate": rate, "per_day": per_day}
 
     def check(self, user: str, now_ms: int) -> LimitCheck:
         turns, seconds = self.rate or (0, 1)

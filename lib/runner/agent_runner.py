@@ -370,7 +370,7 @@ class WarmAgent:
             pid_file.unlink()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started = time.perf_counter()
+        started = 0.0  # set once the turn holds the agent's lock
         answered = False  # the result is out: the caller may go (the launcher does at once)
 
         def out(kind: str, **fields: Any) -> None:
