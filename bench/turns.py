@@ -2,8 +2,8 @@
 
 Offline, on this machine: the offline model and the Upstash stand-in in this process, the dev
 server (local sandboxes) as its own process. Prints medians of REPEAT runs after a warm-up, and:
-  client      a connected `ClaudeSDKClient` in one process, one turn after another: the floor
-              for this design (the model's time plus the CLI's)
+  client      a connected `ClaudeSDKClient` in one process, its turns alternating with the warm
+              turns below: the floor for this design (the model's time plus the CLI's)
   raw         a new Python process running one resumed query(), as a user would without us
   turn cold   POST /api/chat for a new user (new sandbox, runner installed, new session)
   turn warm   POST /api/chat for a user with a session (resume), and its ratio to the client
@@ -44,6 +44,7 @@ from lib.sandboxes.local import stop_warm_agents
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEAT = int(os.environ.get("BENCH_REPEAT", "9"))
+PAIRS = 2 * REPEAT + 1  # warm turns and client turns are cheap: more of them, a steadier median
 
 RAW = textwrap.dedent("""
     import anyio, sys
@@ -70,7 +71,9 @@ CLIENT = textwrap.dedent("""
         options = ClaudeAgentOptions(cwd=sys.argv[1], max_turns=8, include_partial_messages=True)
         async with ClaudeSDKClient(options) as client:
             await turn(client, "warm-up")
-            print(json.dumps([await turn(client, f"client {i}") for i in range(int(sys.argv[2]))]))
+            print("ready", flush=True)
+            for line in sys.stdin:  # one turn per prompt, when the bench asks
+                print(await turn(client, line.strip()), flush=True)
     anyio.run(main)
 """)
 
@@ -111,11 +114,36 @@ def bench_raw(model_url: str) -> list[float]:
     return [raw_query(env, work, session, f"raw {i}")[0] for i in range(REPEAT)]
 
 
-def bench_client(model_url: str) -> list[float]:
-    env, work = sdk_home(model_url)
-    done = subprocess.run([sys.executable, "-c", CLIENT, str(work), str(REPEAT)], env=env,
-                          capture_output=True, text=True, check=True, cwd=work)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class InProcessClient:
+    """A connected `ClaudeSDKClient` in a process of its own, one turn when asked: its turns
+    alternate with the warm turns through HTTP, so both see the machine as it is at that moment
+    (on a shared VM, minutes apart can differ by 20%)."""
+
+    def __init__(self, model_url: str) -> None:
+        env, work = sdk_home(model_url)
+        self.process = subprocess.Popen([sys.executable, "-c", CLIENT, str(work)], env=env,
+                                        cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        if self.answer() != "ready":
+            raise RuntimeError("the in-process client did not start")
+
+    def answer(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"the in-process client ended (status {self.process.wait()})")
+        return line
+
+    def turn(self, prompt: str) -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write(prompt + "\n")
+        self.process.stdin.flush()
+        return float(self.answer())
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
 def function_python() -> str:
@@ -194,7 +222,7 @@ PHASES = [  # (row, how it is computed from a turn's Server-Timing and wall time
      - t["run"] - t["save"]),
     ("lock + load + rate limit (1 round trip)", lambda t: t["lock"]),
     ("attach (the user's sandbox)", lambda t: t["attach"]),
-    ("runner process: start, socket hop, exit", lambda t: t["run"] - t["agent"] - t["mirror"]),
+    ("reaching the agent (its socket, from the function)", lambda t: t["run"] - t["agent"] - t["mirror"]),
     ("the agent's turn (warm agent, its clock)", lambda t: t["agent"]),
     ("mirroring the transcript (held)", lambda t: t["mirror"]),
     ("save + release + transcript (1 round trip)", lambda t: t["save"]),
@@ -236,31 +264,41 @@ def run(redis_url: str | None, redis_kind: str) -> None:
     model_server, upstash_server = serve_in_background(model), serve_in_background(upstash)
     data_dir = tempfile.mkdtemp(prefix="bench-data-")
     process, url = start_dev_server(upstash_server.url, model_server.url, data_dir)
+    in_process: InProcessClient | None = None
     try:
-        client = bench_client(model_server.url)
         raw = bench_raw(model_server.url)
         turn(url, "warm-up", "warm-up")
         cold = [turn(url, f"cold-{uuid.uuid4().hex[:8]}", "hello")[0] for _ in range(REPEAT)]
+        # Each of those users' sandboxes keeps a warm agent and its CLI, idle but not free (a
+        # few % of a core each): on Vercel every sandbox is a VM of its own, so the measured
+        # user's must not share this machine's 2 cores with ten others.
+        stop_warm_agents(Path(data_dir))
         user = f"warm-{uuid.uuid4().hex[:8]}"
         turn(url, user, "first")
-        warm, timings, trips = [], [], []
-        for i in range(REPEAT):
+        in_process = InProcessClient(model_server.url)
+        client, warm, timings, trips = [], [], [], []
+        for i in range(PAIRS):  # a client turn, then a warm turn of ours: pairs, in one run
+            client.append(in_process.turn(f"client {i}"))
             before = upstash.round_trips
             elapsed, timing = turn(url, user, f"turn {i}")
             trips.append(upstash.round_trips - before)
             warm.append(elapsed)
             timings.append({"mirror": 0.0, "agent": 0.0, **timing, "wall": elapsed})
+        in_process.close()
         memory = peak_rss_mb(process.pid)
+        stop_warm_agents(Path(data_dir))  # a function's machine runs no sandbox
         cold_start = bench_cold_start(upstash_server.url, model_server.url, data_dir)
     finally:
+        if in_process is not None and in_process.process.poll() is None:
+            in_process.process.kill()
         process.terminate()
         process.wait()
         stop_warm_agents(Path(data_dir))
         model_server.stop()
         upstash_server.stop()
     ratio = median_ms(warm) / median_ms(client)
-    print(f"turns: medians of {REPEAT} after a warm-up (offline model, local sandboxes, the Upstash "
-          f"stand-in over {redis_kind})")
+    print(f"turns: medians of {REPEAT} after a warm-up, {PAIRS} for the client/warm pairs (offline "
+          f"model, local sandboxes, the Upstash stand-in over {redis_kind})")
     print(f"  in-process ClaudeSDKClient    {median_ms(client):8.0f} ms  (the floor)")
     print(f"  raw query() in a new process  {median_ms(raw):8.0f} ms")
     print(f"  turn cold (new user)          {median_ms(cold):8.0f} ms  "

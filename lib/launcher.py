@@ -4,6 +4,8 @@ the runner and the job), the environment it gets, and the install the launcher a
 On Vercel every Sandbox API call is a round trip over the internet, so nothing is checked or
 written before the command: the launcher (`lib/runner/__init__.py`) checks the installation
 inside it and answers `needs_install` when something is missing; `install` then puts it there.
+Where the backend can reach the sandbox's warm agent itself (`Sandbox.call_agent`), a warm turn
+runs no command at all: `start` hands the job to the agent's socket.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import json
 from typing import Any
 
 from lib.config import Settings
-from lib.runner import LAUNCHER, PYTHON_FLAGS, RUNNER_SOURCE_PATH
-from lib.sandboxes import Sandbox
+from lib.runner import LAUNCHER, PYTHON_FLAGS, RUNNER_SOURCE_PATH, agent_address
+from lib.sandboxes import Process, Sandbox
 
 # The CLI only needs these to run offline or against the real API; nothing else of ours leaks in.
 _QUIET_CLI = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
@@ -34,6 +36,18 @@ class Launcher:
     def runner_path(self, sandbox: Sandbox) -> str:
         """Where this version of the runner lives in the sandbox (a new version, a new file)."""
         return f"{sandbox.home}/.agent-runner/{self.version}/agent_runner.py"
+
+    def start(self, sandbox: Sandbox, job: dict[str, Any], job_id: str,
+              timeout: float) -> Process:
+        """Start the turn: straight at the warm agent when the backend can reach it, else by
+        the command (which starts an agent for the next turn, or runs one-shot)."""
+        env = self.env(sandbox)
+        if self.settings.agent_warm:
+            line = json.dumps({"cwd": sandbox.workdir, **job}).encode() + b"\n"
+            call = sandbox.call_agent(agent_address(self.runner_path(sandbox), env), line, timeout)
+            if call is not None:
+                return call
+        return sandbox.run(self.command(sandbox, job, job_id), env, timeout)
 
     def command(self, sandbox: Sandbox, job: dict[str, Any], job_id: str) -> list[str]:
         """The turn's command: the launcher, then the runner with the job (in the command

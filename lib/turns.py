@@ -335,12 +335,9 @@ class Turn:
         job = {"prompt": self.prompt, "resume": resume, "restore": restore,
                "committed": committed, "options": self.options.to_job(), **self._rewind}
         with self._timed("run"):
-            launcher = self.service.launcher
-            argv = launcher.command(sandbox, job, self.lease.token)
             remaining = max(0.0, self.deadline - time.monotonic())
-            return (yield from self._stream(
-                sandbox.run(argv, launcher.env(sandbox), remaining + _KILL_MARGIN)
-            ))
+            return (yield from self._stream(self.service.launcher.start(
+                sandbox, job, self.lease.token, remaining + _KILL_MARGIN)))
 
     def _stream(self, process: Any) -> Iterator[TurnEvent]:
         """Forward the runner's lines as events, mirror its transcript batches; return its

@@ -107,6 +107,9 @@ class FakeSandbox:
         self.backend.runs.append({"argv": argv, "env": dict(env), "job": job, "timeout": timeout})
         return FakeProcess(self.backend.next_script(job))
 
+    def call_agent(self, address: str, job: bytes, timeout: float) -> None:
+        return None  # every turn is a command, played from a Script
+
     def write_files(self, files: Mapping[str, bytes]) -> None:
         self.files.update(files)
 

@@ -614,7 +614,7 @@ def sandbox_processes(data_dir: Path, wanted) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("victim", ["relay", "cli"])
+@pytest.mark.parametrize("victim", ["agent", "cli"])
 def test_killing_a_sandbox_process_mid_answer_loses_nothing_committed(serve, slow_model,
                                                                       tmp_path: Path, victim):
     import signal
@@ -622,7 +622,7 @@ def test_killing_a_sandbox_process_mid_answer_loses_nothing_committed(serve, slo
     app, model_url = slow_model
     dev = serve(model_url)
     assert chat(dev.url, "Remember: plum.", user="kai").status_code == 200
-    wanted = {"relay": lambda argv: b"--job" in argv,
+    wanted = {"agent": lambda argv: b"--serve" in argv,  # the warm agent, mid-turn
               "cli": lambda argv: argv[0].endswith(b"/claude")}[victim]
     killed: list[int] = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lib import runner_lines
-from lib.runner import LAUNCHER, NEEDS_INSTALL, PYTHON_FLAGS, RUNNER_SOURCE_PATH
+from lib.runner import LAUNCHER, NEEDS_INSTALL, PYTHON_FLAGS, RUNNER_SOURCE_PATH, agent_address
 from lib.runner.agent_runner import TOOL_OUTPUT_LIMIT, Translator, read_job, trust_system_ca
 
 
@@ -197,3 +197,21 @@ def test_tool_calls_thinking_and_tool_output_become_lines_the_function_accepts()
     assert TOOL_OUTPUT_LIMIT == runner_lines.TOOL_OUTPUT_LIMIT == 4000  # the README's figure
     for sent in lines:  # every line passes the function's checks, unchanged
         assert runner_lines.parse(json.dumps(sent)) == sent
+
+
+def test_the_function_finds_the_agent_where_the_launcher_puts_it(tmp_path: Path):
+    """`agent_address` (the function's side, for backends that reach the socket themselves)
+    names the socket the launcher has the runner start the agent on."""
+    runner = tmp_path / "home" / ".agent-runner" / "agent_runner.py"
+    runner.parent.mkdir(parents=True)
+    runner.write_text("import pathlib, sys\n"
+                      "if sys.argv[1] == '--start-agent':\n"
+                      f"    pathlib.Path({str(tmp_path / 'name')!r}).write_text(sys.argv[2])\n")
+    env = {"HOME": str(tmp_path / "home"), "CLAUDE_CONFIG_DIR": str(tmp_path / "home" / ".claude"),
+           "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "k", "PATH": "/usr/bin:/bin"}
+    job = base64.b64encode(b'{"prompt": "p"}').decode()
+    subprocess.run([sys.executable, PYTHON_FLAGS, "-c", LAUNCHER, str(runner), str(tmp_path / "work"),
+                    "", "", "--job", job, "--warm"], env=env, cwd=tmp_path, check=True)
+    assert (tmp_path / "name").read_text() == agent_address(str(runner), env)
+    assert agent_address(str(runner), {**env, "ANTHROPIC_API_KEY": "other"}) != agent_address(
+        str(runner), env)  # another key, another agent

@@ -17,17 +17,36 @@ When no agent listens it has the runner start one (`--start-agent`) and relays t
 else (a one-shot turn, a job it cannot read, an agent that cannot start) becomes the runner
 itself (`exec`, a full interpreter: the agent SDK's site packages), with ARGS.
 
+A backend that can reach the agent's socket from the function (the local one: it is on this
+machine) skips this command for a warm turn and does the relay's job itself
+(`Sandbox.call_agent`, at `agent_address`); the command still starts the agent when none
+listens. On Vercel the socket is inside the sandbox: every turn is this command.
+
 The agent's address is an abstract Unix socket (no path-length limit, nothing on disk; its
 NAME is given to the runner without the leading NUL) named after a 64-bit checksum of the
 runner's path (a new runner version, a new path), HOME, the config dir and the model settings:
 a changed runner or key gets a new agent.
 """
 
+import binascii
+from collections.abc import Mapping
 from pathlib import Path
 
 RUNNER_SOURCE_PATH = Path(__file__).with_name("agent_runner.py")
 NEEDS_INSTALL = 4  # the launcher's exit status when the runner or the agent SDK is missing
 PYTHON_FLAGS = "-IS"  # the launcher needs no site packages and no environment of Python's
+# What makes an agent the right one for a turn, besides the runner's path (its version).
+AGENT_ENV = ("HOME", "CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+
+
+def agent_address(runner: str, env: Mapping[str, str]) -> str:
+    """The warm agent's abstract socket NAME for a runner path and the turn's environment, the
+    way the launcher computes it in the sandbox: a backend that can reach the socket itself
+    (`Sandbox.call_agent`) skips the per-turn command."""
+    fingerprint = "\0".join([runner] + [env.get(name, "") for name in AGENT_ENV]).encode()
+    first, second = binascii.crc32(fingerprint), binascii.crc32(fingerprint, 0x5BD1E995)
+    return f"agent-runner-{first:08x}{second:08x}"
+
 
 LAUNCHER = """\
 import os, sys
@@ -58,7 +77,7 @@ if warm and args[0] == "--job":
         warm = False
 if warm:
     import _signal, _socket, binascii
-    names = ("HOME", "CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+    names = AGENT_ENV
     fingerprint = "\\0".join([runner] + [os.environ.get(name, "") for name in names]).encode()
     name = "agent-runner-%08x%08x" % (binascii.crc32(fingerprint),
                                       binascii.crc32(fingerprint, 0x5BD1E995))
@@ -106,4 +125,4 @@ if warm:
                         b'"message": "the warm agent ended without a result"}\\n')
         sys.exit(1 if status is None else status)
 os.execv(sys.executable, [sys.executable, runner] + args)
-""".replace("EXIT_STATUS", str(NEEDS_INSTALL))
+""".replace("EXIT_STATUS", str(NEEDS_INSTALL)).replace("AGENT_ENV", repr(AGENT_ENV))

@@ -11,9 +11,10 @@ checked the installation and entered the turn's work dir.
 One-shot runs the turn with `query()` in this process. A warm turn (`--warm`) goes to a
 long-lived agent process in the same sandbox that keeps a connected `ClaudeSDKClient` per
 session, so a turn skips starting Python, the SDK and the Claude Code CLI: the launcher relays
-it over a Unix socket, and has this program start the agent (`--start-agent`) when there is
-none; it runs this program one-shot (ignoring `--warm`) only if the agent cannot be reached. The
-agent serves one turn at a time, stops a turn whose caller went away (the function's deadline),
+it over a Unix socket (or the function itself connects, where it can reach the socket: the
+local backend), and has this program start the agent (`--start-agent`) when there is none; it
+runs this program one-shot (ignoring `--warm`) only if the agent cannot be reached. The agent
+serves one turn at a time, stops a turn whose caller went away (the function's deadline),
 and exits after AGENT_WARM_IDLE seconds (default 300) without a turn or when its sandbox's HOME
 is gone.
 
@@ -418,6 +419,8 @@ class WarmAgent:
     async def turn(self, job: dict[str, Any], out: Emit, writer: asyncio.StreamWriter) -> None:
         from claude_agent_sdk import ClaudeSDKClient
 
+        if job.get("cwd"):  # a backend that calls the agent directly skips the launcher's mkdir
+            os.makedirs(job["cwd"], exist_ok=True)
         cwd = await prepare(job, out)
         if cwd is None:
             return

@@ -3,8 +3,9 @@
 A backend attaches a sandbox by name (creating or resuming it) and says whether it is *fresh*
 (created now, or its files are gone), runs commands with stdout streamed line by line, writes
 files, installs the agent SDK where it must, and stops, destroys and lists sandboxes for the
-cleanup job. `local.py` keeps sandboxes as folders on this machine; `vercel.py` runs them on
-Vercel Sandbox, where every call is a round trip over the internet: a warm turn is one `run`.
+cleanup job. `local.py` keeps sandboxes as folders on this machine, and reaches a warm agent's
+socket directly (`call_agent`); `vercel.py` runs them on Vercel Sandbox, where every call is a
+round trip over the internet: a warm turn is one `run`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ class Sandbox(Protocol):
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> Process:
         """Start a command in the sandbox's base folder, which always exists; the backend ends
         it after `timeout` seconds even if nobody kills it."""
+        ...
+
+    def call_agent(self, address: str, job: bytes, timeout: float) -> Process | None:
+        """Hand `job` (one JSON line) straight to the sandbox's warm agent listening at
+        `address` (lib/runner.agent_address) and return its answer as a Process: no command
+        runs. None when this backend has no such way in or no agent listens there; the turn
+        then runs its command, which starts the agent."""
         ...
 
     def write_files(self, files: Mapping[str, bytes]) -> None:

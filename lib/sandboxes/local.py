@@ -8,14 +8,17 @@ service passes (plus PATH), never this process's secrets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -96,6 +99,65 @@ class LocalProcess:
         return self._stderr.read().decode(errors="replace")
 
 
+# How a warm agent's answer ends (the runner's final lines), and the status the launcher would
+# exit with after relaying it.
+_FINAL_LINES = ((b'{"type": "result"', 0), (b'{"type": "restore_needed"', 3),
+                (b'{"type": "error"', 1))
+_NO_RESULT = ('{"type": "error", "code": "agent_failed", '
+              '"message": "the warm agent ended without a result"}')
+
+
+class AgentCall:
+    """A warm turn over the agent's socket: the Process port without a process. It does what
+    the launcher's relay does (lib/runner): `interrupt` on the user's stop, done at the final
+    line without waiting for the agent to hang up; and a kill is a hang-up, which makes the
+    agent cancel a turn it has not answered."""
+
+    def __init__(self, conn: socket.socket, timeout: float) -> None:
+        self._conn = conn
+        self._reader = conn.makefile("rb")
+        self._status: int | None = None
+        self._killed = threading.Event()
+        self._kill_after = threading.Timer(timeout, self.kill)  # like LocalProcess
+        self._kill_after.daemon = True
+        self._kill_after.start()
+
+    def lines(self) -> Iterator[str]:
+        try:
+            for raw in self._reader:
+                yield raw.rstrip(b"\n").decode(errors="replace")
+                for head, status in _FINAL_LINES:
+                    if raw.startswith(head):
+                        self._status = status
+                        return
+        except OSError:  # killed, or the agent died
+            pass
+        if not self._killed.is_set():
+            self._status = 1
+            yield _NO_RESULT
+
+    def wait(self) -> int:
+        self._kill_after.cancel()
+        self.kill()  # the answer is complete: hang up
+        with contextlib.suppress(OSError):
+            self._reader.close()
+            self._conn.close()
+        return -9 if self._status is None else self._status
+
+    def kill(self) -> None:
+        self._killed.set()
+        with contextlib.suppress(OSError):
+            self._conn.shutdown(socket.SHUT_RDWR)
+
+    def interrupt(self) -> None:
+        if self._status is None and not self._killed.is_set():
+            with contextlib.suppress(OSError):
+                self._conn.sendall(b"interrupt\n")
+
+    def stderr_tail(self) -> str:
+        return ""  # the agent's stderr goes to its log, $HOME/.agent-runner/warm-agent.log
+
+
 class LocalSandbox:
     install_marker = None  # the local python already has claude-agent-sdk
     hint = None
@@ -112,13 +174,25 @@ class LocalSandbox:
         base = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         return LocalProcess(argv, {**base, **env}, self.root, timeout)
 
+    def call_agent(self, address: str, job: bytes, timeout: float) -> AgentCall | None:
+        """The agent's abstract Unix socket is on this machine: connect to it, as the
+        launcher would in the sandbox, and save the turn a process (~15 ms)."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(timeout)  # a big job waits for a busy agent to read it
+            conn.connect("\0" + address)
+            conn.sendall(job)
+            conn.settimeout(None)
+        except OSError:  # no agent there (or it went): the command starts one
+            conn.close()
+            return None
+        return AgentCall(conn, timeout)
+
     def write_files(self, files: Mapping[str, bytes]) -> None:
         for path, data in files.items():
             target = self._inside(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            _write_atomically(target, data)
 
     def install_agent(self) -> None:
         """Nothing to install: `python` has the SDK."""
@@ -180,6 +254,15 @@ class LocalSandboxBackend:
 
     @staticmethod
     def _set_status(root: Path, status: SandboxStatus) -> None:
-        tmp = root / f".{_STATE_FILE}.tmp"
-        tmp.write_text(json.dumps({"status": status}))
-        tmp.replace(root / _STATE_FILE)
+        _write_atomically(root / _STATE_FILE, json.dumps({"status": status}).encode())
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write a file whole or not at all, also when two turns of one user (two chats) write it
+    at once: each through a temporary file of its own."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -362,6 +362,11 @@ class VercelSandbox:
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float) -> VercelProcess:
         return VercelProcess(self, argv, env, timeout)
 
+    def call_agent(self, address: str, job: bytes, timeout: float) -> None:
+        """No way in but the API's commands: an agent's socket is inside the microVM. (An
+        exposed port, `ports=` at create, could be one, with a secret of our own: not built.)"""
+        return None
+
     def write_files(self, files: Mapping[str, bytes]) -> None:
         def write(session: Any) -> None:
             with session.fs.batch() as batch:
