@@ -215,3 +215,29 @@ def test_the_function_finds_the_agent_where_the_launcher_puts_it(tmp_path: Path)
     assert (tmp_path / "name").read_text() == agent_address(str(runner), env)
     assert agent_address(str(runner), {**env, "ANTHROPIC_API_KEY": "other"}) != agent_address(
         str(runner), env)  # another key, another agent
+
+
+def test_uncommitted_entries_are_read_from_the_end_as_from_the_whole_file(tmp_path: Path,
+                                                                        monkeypatch):
+    """The catch-up reads the transcript backwards a block at a time; whatever the block size
+    and wherever the committed entry is, it finds what reading the whole file finds."""
+    import random
+
+    from lib.runner import agent_runner
+
+    rng = random.Random(14)
+    path = tmp_path / "session.jsonl"
+    assert agent_runner.uncommitted(path, "u1") is None  # no transcript
+    for case in range(200):
+        entries = [{"uuid": f"u{i}", "parentUuid": f"u{i - 1}", "text": "x" * rng.randrange(300)}
+                   for i in range(rng.randrange(1, 40))]
+        lines = [json.dumps(entry) for entry in entries]
+        if rng.random() < 0.3:  # a line cut by a crash, somewhere
+            lines.insert(rng.randrange(len(lines) + 1), '{"uuid": "cut", "te')
+        path.write_text("\n".join(lines) + "\n")
+        committed = rng.choice([f"u{rng.randrange(len(entries) + 2)}", None])
+        whole = agent_runner.entries_after(path.read_bytes(), committed) if committed else []
+        monkeypatch.setattr(agent_runner, "TAIL_BLOCK", rng.choice([16, 100, 1000, 1 << 16]))
+        assert agent_runner.uncommitted(path, committed) == whole, case
+    path.write_text("")
+    assert agent_runner.uncommitted(path, "u1") is None  # emptied

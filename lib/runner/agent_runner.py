@@ -157,20 +157,43 @@ async def restore(job: dict[str, Any], cwd: str) -> None:
 def uncommitted(path: Path, committed: str | None) -> list[dict[str, Any]] | None:
     """The local transcript's entries after the last committed one (`committed`, a uuid the
     function keeps), or None when the transcript is not intact: missing, emptied, garbled or
-    cut before that entry. Read from the end: a turn costs the tail, not the history."""
+    cut before that entry. Read backwards from the end, a block at a time: a turn costs the
+    tail, not the whole history (a long conversation is megabytes)."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if not committed:
+                return []
+            start, block, marker = size, TAIL_BLOCK, committed.encode()
+            while start > 0:
+                start = max(0, start - block)
+                block *= 2
+                handle.seek(start)
+                data = handle.read(size - start)
+                if marker not in data:
+                    continue
+                if start > 0:  # its first line may be cut: the next read has it whole
+                    data = data[data.find(b"\n") + 1:]
+                tail = entries_after(data, committed)
+                if tail is not None:
+                    return tail
     except OSError:
         return None
-    if not committed:
-        return []
+    return None
+
+
+TAIL_BLOCK = 64 * 1024
+
+
+def entries_after(data: bytes, uuid: str) -> list[dict[str, Any]] | None:
+    """The JSON entries in `data` (lines) after the one whose uuid is `uuid`; None without it."""
     tail: list[dict[str, Any]] = []
-    for line in reversed(lines):
+    for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash: the next turn's CLI rewrites past it
-        if isinstance(entry, dict) and entry.get("uuid") == committed:
+        if isinstance(entry, dict) and entry.get("uuid") == uuid:
             return tail[::-1]
         if isinstance(entry, dict):
             tail.append(entry)

@@ -210,11 +210,12 @@ class LocalSandboxBackend:
         self.python = python or sys.executable  # the dev venv's, which has the SDK
 
     def attach(self, name: str, hint: str | None = None) -> Attachment:
+        status = self.status(name)
         root = self._root(name)
-        fresh = not (root / _STATE_FILE).exists()
-        root.mkdir(parents=True, exist_ok=True)  # the runner's launcher makes the rest
-        self._set_status(root, "running")
-        return Attachment(LocalSandbox(name, root, self.python), fresh)
+        if status != "running":  # a warm turn writes nothing here
+            root.mkdir(parents=True, exist_ok=True)  # the runner's launcher makes the rest
+            self._set_status(root, "running")
+        return Attachment(LocalSandbox(name, root, self.python), status is None)
 
     def status(self, name: str) -> SandboxStatus | None:
         state = self._root(name) / _STATE_FILE
