@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 Check = Callable[[Any], bool]
@@ -99,6 +99,59 @@ def parse(line: str, secrets: tuple[str, ...] = ()) -> dict[str, Any] | None:
     if message["type"] == "tool_result":
         return clipped(message, secrets)
     return message
+
+
+# The streamed kinds, each a stream of pieces of one text: kind -> the field with the piece.
+DELTAS = {"text": "text", "thinking": "text", "tool_input_delta": "delta"}
+# What does not show in the client's stream: it neither ends nor interrupts a stream of deltas.
+_UNSEEN = ("mirror", "session")
+
+
+def messages(lines: Iterable[str], secrets: tuple[str, ...] = ()) -> Iterator[dict[str, Any] | None]:
+    """The lines as messages (None for a line that is not one), with the secrets out of the
+    streamed deltas too. A model that writes a secret writes it a token at a time, in no single
+    line: each stream of deltas (the text, the thinking, a tool call's input) holds back a tail
+    that could be the beginning of a secret until the next piece shows whether it is. What is
+    held goes out before the next message the client sees, and at the end."""
+    held: dict[str, Any] | None = None  # a delta message whose piece is the held tail
+    for line in lines:
+        message = parse(line, secrets)
+        if message is None or message["type"] in _UNSEEN:
+            yield message
+            continue
+        field = DELTAS.get(message["type"])
+        if held is not None and (field is None or _stream(held) != _stream(message)):
+            yield held  # the held tail is not a secret's: the stream ends or another begins
+            held = None
+        if field is None:
+            yield message
+            continue
+        text = redact((held[field] if held else "") + message[field], secrets)
+        cut = _secret_start(text, secrets)
+        held = {**message, field: text[cut:]} if cut < len(text) else None
+        if cut:
+            yield {**message, field: text[:cut]}
+    if held is not None:
+        yield held
+
+
+def _stream(message: dict[str, Any]) -> tuple[str, Any]:
+    return message["type"], message.get("id")
+
+
+def _secret_start(text: str, secrets: tuple[str, ...]) -> int:
+    """Where a trailing beginning of a secret starts in `text` (its length if none)."""
+    cut = len(text)
+    for secret in secrets:
+        if not secret:
+            continue
+        at = text.find(secret[0], max(0, len(text) - len(secret) + 1))
+        while at != -1 and at < cut:
+            if secret.startswith(text[at:]):
+                cut = at
+                break
+            at = text.find(secret[0], at + 1)
+    return cut
 
 
 def clipped(result: dict[str, Any], secrets: tuple[str, ...] = ()) -> dict[str, Any]:

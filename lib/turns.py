@@ -363,8 +363,7 @@ class Turn:
         if self._stop_asked.is_set():  # asked before the runner started
             self.stop()
         try:
-            for line in process.lines():
-                message = runner_lines.parse(line, self.service.secrets)
+            for message in runner_lines.messages(process.lines(), self.service.secrets):
                 if message is None:  # not the runner's protocol: never trusted, never used
                     garbage += 1
                     continue

@@ -1030,6 +1030,28 @@ def test_the_model_key_echoed_by_upstream_reaches_no_client_log_or_transcript(wo
     assert key not in capsys.readouterr().err
 
 
+def test_a_key_the_model_writes_a_token_at_a_time_reaches_no_client(world: World):
+    """Each delta line alone holds no key; the stream the client puts together must not
+    either, nor the stream log a reconnecting client reads, nor a stopped turn's text."""
+    key = world.services.settings.anthropic_api_key
+    pieces = ["Your key: ", key[:3], key[3:7], key[7:], ". And sk-", "no key here."]
+    world.sandboxes.scripts.append(Script([
+        line("session", session_id="sess-1"),
+        *[line("text", text=piece) for piece in pieces[:3]],
+        mirror("sess-1", "hi", "".join(pieces)),  # lines the client never sees, in between
+        *[line("text", text=piece) for piece in pieces[3:]],
+        line("thinking", text=key[:5]), line("thinking", text=key[5:]),
+        ok_result("sess-1", "done")]))
+    events = sse_events(world.client().post("/api/chat", json={"prompt": "hi"},
+                                            headers=SSE).data)
+    parts = [json.loads(data) for _, data in events if data.startswith("{")]
+    text = "".join(p["delta"] for p in parts if p["type"] == "text-delta")
+    thinking = "".join(p["delta"] for p in parts if p["type"] == "reasoning-delta")
+    assert text == "Your key: [redacted]. And sk-no key here." and thinking == "[redacted]"
+    logged = world.services.streamlog.read(world.user(), DEFAULT_CHAT, 0)[2]
+    assert key not in "".join(json.loads(p).get("delta", "") for p in logged if p[0] == "{")
+
+
 def test_a_timed_out_turn_that_produced_nothing_is_not_counted(world: World):
     seed(world)
     world.services.settings.__dict__["turn_timeout"] = 1

@@ -241,3 +241,40 @@ def test_uncommitted_entries_are_read_from_the_end_as_from_the_whole_file(tmp_pa
         assert agent_runner.uncommitted(path, committed) == whole, case
     path.write_text("")
     assert agent_runner.uncommitted(path, "u1") is None  # emptied
+
+
+def test_secrets_are_redacted_across_the_deltas_of_each_stream():
+    """However a block's text (a stream: the text, the thinking, a tool call's input) is cut
+    into deltas, with lines the client does not see in between, what its pieces join to is
+    the text with the secrets redacted; and the blocks come out in order."""
+    import random
+
+    rng = random.Random(15)
+    secrets = ("sk-ant-0123456789abcdef", "tok_AAAA")
+    words = ["sk-", "sk-ant-0", "tok_", "s", "hello ", "tok_AAAA", "sk-ant-0123456789abcdef", "k"]
+    kinds = [("text", None), ("thinking", None), ("tool_input_delta", "t1")]
+    for case in range(300):
+        lines, blocks = [], []
+        for _ in range(rng.randrange(1, 6)):
+            kind, call = rng.choice(kinds)
+            text = "".join(rng.choice(words) for _ in range(rng.randrange(1, 6)))
+            blocks.append(runner_lines.redact(text, secrets))
+            inner = rng.sample(range(1, len(text)), min(len(text) - 1, rng.randrange(5)))
+            cuts = [*sorted(inner), len(text)]
+            for start, end in zip([0, *cuts], cuts, strict=False):
+                field = runner_lines.DELTAS[kind]
+                lines.append(json.dumps({"type": kind, field: text[start:end],
+                                         **({"id": call} if call else {})}))
+                if rng.random() < 0.3:  # unseen by the client: ends no stream
+                    lines.append(json.dumps({"type": "session", "session_id": "s"}))
+            lines.append(json.dumps({"type": "tool_input_start", "id": "t2", "name": "x"}))
+        got = [""]
+        for message in runner_lines.messages(lines, secrets):
+            assert message is not None
+            if message["type"] == "tool_input_start":  # the block before it is complete
+                got.append("")
+            elif message["type"] in runner_lines.DELTAS:
+                piece = message[runner_lines.DELTAS[message["type"]]]
+                assert piece, case  # nothing empty goes out
+                got[-1] += piece
+        assert got[:-1] == blocks, case
