@@ -76,8 +76,9 @@ class Launcher:
         env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key or _PLACEHOLDER_KEY
         return {**env, **sandbox.env}  # e.g. Vercel: the key is injected by the network policy
 
-    def install(self, sandbox: Sandbox, missing: list[str]) -> None:
-        """What the launcher found missing: the agent SDK (backend-specific), then the runner."""
+    def install(self, sandbox: Sandbox, missing: list[str], timeout: float) -> None:
+        """What the launcher found missing: the agent SDK (backend-specific, within `timeout`
+        seconds), then the runner."""
         if "agent" in missing:
-            sandbox.install_agent()
+            sandbox.install_agent(timeout)
         sandbox.write_files({self.runner_path(sandbox): self.source})

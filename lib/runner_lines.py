@@ -89,6 +89,8 @@ def parse(line: str, secrets: tuple[str, ...] = ()) -> dict[str, Any] | None:
     line = redact(line, secrets)
     try:
         message = json.loads(line)
+        if "\\" in line and secrets:  # JSON escapes (\u0073k-...) can spell a secret
+            message = json.loads(redact(json.dumps(message, ensure_ascii=False), secrets))
     except ValueError:
         return None
     if not isinstance(message, dict):

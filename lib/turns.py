@@ -237,9 +237,10 @@ class Turn:
             outcome = yield from self._attempt(sandbox, resume, restore)
             if outcome["type"] == "needs_install" and not installed:
                 installed = True
-                with self._timed("install"):
+                with self._timed("install"):  # within the turn's time, like the rest of it
                     service.launcher.install(sandbox,
-                                             list(outcome.get("missing") or ["runner", "agent"]))
+                                             list(outcome.get("missing") or ["runner", "agent"]),
+                                             max(1.0, self.deadline - time.monotonic()))
             elif outcome["type"] == "restore_needed" and resume and restore is None:
                 log.info("sandbox %s lost its transcript; restoring it", sandbox.name)
                 resume, restore = yield from self._restorable(resume)

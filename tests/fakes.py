@@ -113,8 +113,9 @@ class FakeSandbox:
     def write_files(self, files: Mapping[str, bytes]) -> None:
         self.files.update(files)
 
-    def install_agent(self) -> None:
+    def install_agent(self, timeout: float) -> None:
         self.backend.installs += 1
+        self.backend.install_timeouts.append(timeout)
 
 
 class FakeSandboxBackend:
@@ -127,6 +128,7 @@ class FakeSandboxBackend:
         self.respond = respond
         self.runs: list[dict] = []
         self.installs = 0
+        self.install_timeouts: list[float] = []
         self.hints: list[str | None] = []  # what each attach was given
         self.on_stop: Callable[[str], None] = lambda name: None
 

@@ -414,6 +414,8 @@ def test_what_the_launcher_finds_missing_is_installed_then_the_turn_runs(world: 
     runner = world.services.turns.launcher.runner_path(sandbox)
     assert sandbox.files[runner] == RUNNER_SOURCE_PATH.read_bytes()
     assert world.sandboxes.installs == 1
+    [timeout] = world.sandboxes.install_timeouts  # what is left of the turn's time, not more
+    assert 0 < timeout <= world.services.settings.turn_timeout
     assert [run["job"]["prompt"] for run in world.sandboxes.runs[-2:]] == ["next", "next"]
 
 

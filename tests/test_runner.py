@@ -278,3 +278,10 @@ def test_secrets_are_redacted_across_the_deltas_of_each_stream():
                 assert piece, case  # nothing empty goes out
                 got[-1] += piece
         assert got[:-1] == blocks, case
+
+
+def test_a_secret_spelled_with_json_escapes_is_redacted_too():
+    secret = "sk-ant-0123456789abcdef"
+    spelled = "".join(f"\\u{ord(c):04x}" for c in secret)  # what json.loads decodes to it
+    message = runner_lines.parse('{"type": "text", "text": "key: ' + spelled + '\\n"}', (secret,))
+    assert message == {"type": "text", "text": "key: [redacted]\n"}

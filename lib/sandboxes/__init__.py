@@ -70,8 +70,9 @@ class Sandbox(Protocol):
         """Write these files (parent folders are created), in one call."""
         ...
 
-    def install_agent(self) -> None:
-        """Install the agent SDK and write `install_marker`; SandboxUnavailable if it fails."""
+    def install_agent(self, timeout: float) -> None:
+        """Install the agent SDK and write `install_marker` within `timeout` seconds (the
+        turn's time left); SandboxUnavailable if it fails."""
         ...
 
 

@@ -194,7 +194,7 @@ class LocalSandbox:
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_atomically(target, data)
 
-    def install_agent(self) -> None:
+    def install_agent(self, timeout: float) -> None:
         """Nothing to install: `python` has the SDK."""
 
     def _inside(self, path: str) -> Path:

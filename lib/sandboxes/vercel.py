@@ -375,7 +375,7 @@ class VercelSandbox:
 
         self._on_session(write, "writing files into the sandbox")
 
-    def install_agent(self) -> None:
+    def install_agent(self, timeout: float = _INSTALL_TIMEOUT) -> None:
         """pip install the pinned claude-agent-sdk into the agent's folder and, only if that
         worked, write the marker the launcher checks: one command. A failure answers 503 and
         the next turn tries again."""
@@ -383,7 +383,7 @@ class VercelSandbox:
         marker, content = self.install_marker
         done = self._on_session(lambda s: s.run_process(
             self.python, ["-c", _INSTALLER, self.python, self.sdk_dir, requirement, marker, content],
-            cwd=self._hint.cwd, capture_output=True, kill_after=_INSTALL_TIMEOUT,
+            cwd=self._hint.cwd, capture_output=True, kill_after=min(timeout, _INSTALL_TIMEOUT),
         ), "installing the agent SDK")  # pip --target --upgrade: safe to run again
         if done.returncode != 0:
             detail = (done.stderr or "").strip()[-500:]
