@@ -64,7 +64,7 @@ class Chats:
         """A page of the user's chats, newest activity first, and how many there are."""
         user = self._user(user_id)
         page, total = self.state.list_chats(user, offset, limit)
-        titles = self._summary_titles(user) if page else {}
+        titles = self._summary_titles(user, [record.session_id for _, record in page])
         return [self._view(chat, record, titles.get(record.session_id))
                 for chat, record in page], total
 
@@ -73,13 +73,14 @@ class Chats:
         record = self.state.read_chat(user, chat)
         if record is None:
             return None
-        return self._view(chat, record, self._summary_titles(user).get(record.session_id))
+        return self._view(chat, record,
+                          self._summary_titles(user, [record.session_id]).get(record.session_id))
 
-    def _summary_titles(self, user: str) -> dict[str, str]:
+    def _summary_titles(self, user: str, sessions: list[str]) -> dict[str, str]:
         """Session id -> the title its transcript summary gives (a custom or AI title the CLI
-        wrote, else the first prompt): one listing of the user's summaries, 2 requests."""
+        wrote, else the first prompt), for these sessions only (Upstash: 1 request a page)."""
         return {found["session_id"]: found["title"]
-                for found in self.transcripts.list_session_summaries(user) if found["title"]}
+                for found in self.transcripts.session_summaries(user, sessions) if found["title"]}
 
     def rename(self, user_id: str, chat: str, title: object) -> ChatView | None:
         if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:

@@ -658,9 +658,11 @@ def test_conversations_are_listed_shown_renamed_and_deleted(world: World, clock)
         "home", "default"]
 
 
-def test_a_title_the_cli_wrote_names_the_chat_until_the_user_renames_it(world: World):
+def test_a_title_the_cli_wrote_names_the_chat_until_the_user_renames_it(
+        world: World, upstash_fakeredis: Upstash):
     """The transcript's session summary gives the title (an `ai-title` entry, as the CLI
-    writes it), ahead of the first prompt; a title the user gave wins over both."""
+    writes it), ahead of the first prompt; a title the user gave wins over both. Reading a
+    chat reads its own summary, not all of the user's: 2 round trips, and 3 for a page."""
     chats_client = world.client(chats.app)
     world.sandboxes.scripts.append(Script([mirror("sess-1", "hello", "hi"), ok_result("sess-1")]))
     world.turn("hello")
@@ -671,8 +673,13 @@ def test_a_title_the_cli_wrote_names_the_chat_until_the_user_renames_it(world: W
                        "sessionId": "sess-1"}]),
         ok_result("sess-1")]))
     world.turn("again")
+    app = upstash_fakeredis.app
+    before = app.round_trips
     assert chats_client.get("/api/chats/default", headers=ALICE).json["title"] == "Greetings"
+    assert app.round_trips - before == 2  # the chat's record, its summary
+    before = app.round_trips
     assert chats_client.get("/api/chats", headers=ALICE).json["chats"][0]["title"] == "Greetings"
+    assert app.round_trips - before == 3  # the page, its records, their summaries
     chats_client.patch("/api/chats/default", json={"title": "Mine"}, headers=ALICE)
     assert chats_client.get("/api/chats", headers=ALICE).json["chats"][0]["title"] == "Mine"
 

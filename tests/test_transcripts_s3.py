@@ -72,3 +72,6 @@ def test_a_summary_costs_two_requests_per_append_and_one_read_per_session(s3):
     calls.clear()
     (found,) = store.list_session_summaries(KEY["project_key"])
     assert found["title"] == "hello" and sorted(calls) == ["GetObject", "ListObjectsV2"]
+    calls.clear()
+    assert store.session_summaries(KEY["project_key"], [KEY["session_id"], "none"]) == [found]
+    assert calls == ["GetObject", "GetObject"]  # one read per session asked for, no listing

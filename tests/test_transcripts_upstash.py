@@ -167,6 +167,11 @@ def check_titles(store: TranscriptStore) -> None:
     store.append(key, [{"type": "ai-title", "aiTitle": "A later AI title"}])  # the user's wins
     titles = {s["session_id"]: s["title"] for s in store.list_session_summaries("titles")}
     assert titles == {"s1": "My Lisbon plan", "s2": "<b>bold</b> is a real prompt"}
+    assert sorted(store.session_summaries("titles", ["s2", "none", "s1"]),  # those asked for
+                  key=lambda s: s["session_id"]) == sorted(store.list_session_summaries("titles"),
+                                                          key=lambda s: s["session_id"])
+    assert [s["title"] for s in store.session_summaries("titles", ["s2"])] == [titles["s2"]]
+    assert store.session_summaries("titles", []) == []
     store.append(key, [{"type": "custom-title", "customTitle": "Renamed"}])  # the last one wins
     (renamed,) = [s for s in store.list_session_summaries("titles") if s["session_id"] == "s1"]
     assert renamed["title"] == "Renamed" and renamed["first_prompt"] == first["first_prompt"]
@@ -264,6 +269,9 @@ def test_listing_summaries_is_a_bounded_number_of_round_trips(upstash_fakeredis:
     before = app.round_trips
     summaries = store.list_session_summaries("many")
     assert app.round_trips - before == 2  # the index and sizes, then every summary
+    before = app.round_trips
+    page = store.session_summaries("many", [f"s{n:02d}" for n in range(40)])
+    assert app.round_trips - before == 1 and len(page) == 40  # a page of chats: no listing
     assert sorted(s["title"] for s in summaries) == sorted(
         (f"question {n} " + "x" * 300)[:79] + "…" for n in range(40))
 

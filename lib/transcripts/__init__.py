@@ -5,7 +5,8 @@
 (default) and `s3.py`. `SdkSessionStore` wraps one in the SDK's async protocol (for the SDK's
 conformance suite, or for code that runs the SDK in-process) without importing the SDK.
 `list_session_summaries` (the protocol's optional method) lists a user's sessions with their
-titles from small summaries the adapters keep up to date on append (`summary.py`).
+titles from small summaries the adapters keep up to date on append (`summary.py`);
+`session_summaries` (ours) reads those of given sessions only.
 
 The function scopes every key it writes by the authenticated user (`project_key` = user hash),
 whatever the sandbox reports: a sandbox can never write into another user's transcripts.
@@ -59,6 +60,11 @@ class TranscriptStore(Protocol):
     def list_session_summaries(self, project_key: str) -> list[SessionSummary]:
         """A summary per session whose main transcript was appended to since summaries exist
         (in no particular order); a few requests whatever the number of entries."""
+        ...
+
+    def session_summaries(self, project_key: str, session_ids: list[str]) -> list[SessionSummary]:
+        """The summaries of these sessions (those that have one), for a page of conversations
+        or one: requests for these, not for all of the user's sessions."""
         ...
 
     def delete(self, key: SessionKey) -> None:

@@ -145,6 +145,21 @@ class S3Transcripts:
         with ThreadPoolExecutor(max_workers=self.parallel_reads) as pool:
             return [found for found in pool.map(read, objects) if found is not None]
 
+    def session_summaries(self, project_key: str, session_ids: list[str]) -> list[SessionSummary]:
+        """A GET per session (`parallel_reads` at a time), no listing."""
+        def read(session_id: str) -> SessionSummary | None:
+            name = self._summary({"project_key": project_key, "session_id": session_id})
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=name)
+            except self.client.exceptions.NoSuchKey:  # none yet, or deleted
+                return None
+            return summary.summary_from(session_id,
+                                        int(answer["LastModified"].timestamp() * 1000),
+                                        json.loads(answer["Body"].read()))
+
+        with ThreadPoolExecutor(max_workers=self.parallel_reads) as pool:
+            return [found for found in pool.map(read, session_ids) if found is not None]
+
     def list_subkeys(self, key: SessionKey) -> list[str]:
         return sorted(unquote(folder) for folder in self._folders(f"{self._session(key)}s/"))
 

@@ -81,6 +81,9 @@ return added
 """
 
 _LENGTHS_PAGE = 10_000  # lengths are short strings: 10k of them answer in well under 200 KB
+# Summaries are at most a few KB each (summary.py): 50 answer in well under the 1 MB a request
+# may carry (DESIGN §7).
+SUMMARIES_PER_REQUEST = 50
 _PART = "\0part "  # an item holding a piece of an entry too large for one request
 
 
@@ -251,17 +254,29 @@ class UpstashTranscripts:
         pipe.hgetall(f"{project}:sums")
         scored, sizes = call_safely(pipe.exec, attempts=2)
         sessions = [str(member) for member, _ in scored if member in sizes]  # others: none yet
+        return [found for page in self._summary_pages(sessions, sizes)
+                for found in self._read_summaries(project_key, page)]
+
+    def session_summaries(self, project_key: str, session_ids: list[str]) -> list[SessionSummary]:
+        """One request per SUMMARIES_PER_REQUEST sessions (a page of 100 chats: 2)."""
+        return [found for start in range(0, len(session_ids), SUMMARIES_PER_REQUEST)
+                for found in self._read_summaries(
+                    project_key, session_ids[start:start + SUMMARIES_PER_REQUEST])]
+
+    def _read_summaries(self, project_key: str, session_ids: list[str]) -> list[SessionSummary]:
+        """These sessions' summaries, in one pipelined request (none for no session)."""
+        if not session_ids:
+            return []
+        pipe = self.redis.pipeline()
+        for session_id in session_ids:
+            pipe.hgetall(self._summary_keys({"project_key": project_key,
+                                             "session_id": session_id})[0])
         summaries: list[SessionSummary] = []
-        for page in self._summary_pages(sessions, sizes):
-            pipe = self.redis.pipeline()
-            for session_id in page:
-                pipe.hgetall(self._summary_keys({"project_key": project_key,
-                                                 "session_id": session_id})[0])
-            for session_id, stored in zip(page, call_safely(pipe.exec, attempts=2), strict=True):
-                fields = {name: json.loads(value) for name, value in (stored or {}).items()}
-                if "mtime" in fields:  # else deleted since the index was read
-                    summaries.append(summary.summary_from(session_id, int(fields.pop("mtime")),
-                                                          fields))
+        for session_id, stored in zip(session_ids, call_safely(pipe.exec, attempts=2), strict=True):
+            fields = {name: json.loads(value) for name, value in (stored or {}).items()}
+            if "mtime" in fields:  # else none yet, or deleted since the index was read
+                summaries.append(summary.summary_from(session_id, int(fields.pop("mtime")),
+                                                      fields))
         return summaries
 
     def _summary_pages(self, sessions: list[str], sizes: dict[str, str]) -> Iterator[list[str]]:
