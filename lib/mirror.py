@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from lib.conversation import messages_from
+from lib.conversation import messages_from, prompts_in
 from lib.errors import ServiceError
 from lib.transcripts import Entry, Rider, RidesAlong, SessionKey, TranscriptStore
 
@@ -39,6 +39,7 @@ class TranscriptMirror:
         self.message_ids: dict[str, str] = {}  # transcript uuid -> the id the client saw
         self.began = False  # the agent wrote its transcript
         self.last_uuid: str | None = None  # the newest main transcript entry of this turn
+        self.recovered = 0  # turns a function that died before its commit left (catch_up)
         self._waiting: list[tuple[SessionKey, list[Entry]]] = []
         self._waiting_since = 0.0
         self._waiting_bytes = 0
@@ -51,7 +52,9 @@ class TranscriptMirror:
             if key.get("subpath"):
                 scoped["subpath"] = str(key["subpath"])
             entries = list(message["entries"])
-            if not key.get("subpath") and not message.get("catch_up"):
+            if not key.get("subpath") and message.get("catch_up"):
+                self.recovered += prompts_in(e for e in entries if isinstance(e, dict))
+            elif not key.get("subpath"):
                 self._note(entries)
         except (KeyError, TypeError) as error:
             log.error("could not mirror a transcript batch: %s", error)

@@ -296,7 +296,8 @@ class Turn:
         chat, now = lease.chat_record, service.clock()
         continued = chat is not None and session_id == chat.session_id
         replaced = self.regenerate and "drops_turn" in self._rewind  # the answer, not a turn
-        turns = (chat.turns + (0 if replaced else 1)) if continued and chat else 1
+        turns = (chat.turns + (0 if replaced else 1) + self.mirror.recovered
+                 if continued and chat else 1)
         saved = ChatRecord(
             session_id=session_id,
             turns=turns,

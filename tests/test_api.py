@@ -1071,3 +1071,18 @@ def test_a_timed_out_turn_that_produced_nothing_is_not_counted(world: World):
         world.services.settings.__dict__["turn_timeout"] = 240
     assert response.status_code == 504
     assert world.stored().turns == 1 and world.stored().dirty  # not a turn; resumed past next
+
+
+def test_a_turn_recovered_by_the_catch_up_counts(world: World):
+    """The runner sends, as a `catch_up` batch, a turn whose function died before its commit:
+    it is stored, counted, and this turn's own ids and last entry stay this turn's."""
+    seed(world)
+    caught = json.loads(mirror("sess-1", "lost prompt", "lost answer"))
+    world.sandboxes.scripts.append(Script([
+        line("session", session_id="sess-1"), json.dumps({**caught, "catch_up": True}),
+        mirror("sess-1", "next", "hi"), ok_result("sess-1", "hi")]))
+    response = world.turn("next")
+    assert response.status_code == 200 and response.json["turn"] == 3, response.json
+    assert world.stored().turns == 3 and world.stored().last_uuid == "sess-1-next-a"
+    texts = [e["message"]["content"] for e in world.transcript() if e["type"] == "user"]
+    assert texts == ["seed", "lost prompt", "next"]

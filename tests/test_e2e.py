@@ -685,6 +685,7 @@ def test_a_function_killed_before_its_commit_loses_no_turn(start_dev_server, mod
         second = start_dev_server(**env)
         after = chat(second.url, "What do you remember?", user="lee")
         assert after.status_code == 200, after.text
+        assert after.json()["turn"] == 3  # the recovered turn counts
         assert requests_ending_with(app, "What do you remember?")[-1] == [
             "Remember: plum.", "Also: kiwi.", "What do you remember?"]
         stored = httpx.get(f"{second.url}/api/session/messages",
