@@ -296,8 +296,10 @@ class Turn:
         chat, now = lease.chat_record, service.clock()
         continued = chat is not None and session_id == chat.session_id
         replaced = self.regenerate and "drops_turn" in self._rewind  # the answer, not a turn
-        turns = (chat.turns + (0 if replaced else 1) + self.mirror.recovered
-                 if continued and chat else 1)
+        # Turns a dead function left, caught up, count when this turn goes on from them (not
+        # when it resumes at an earlier entry: a dirty chat, or answering again).
+        recovered = 0 if self._rewind else self.mirror.recovered
+        turns = (chat.turns + (0 if replaced else 1) + recovered) if continued and chat else 1
         saved = ChatRecord(
             session_id=session_id,
             turns=turns,

@@ -1086,3 +1086,21 @@ def test_a_turn_recovered_by_the_catch_up_counts(world: World):
     assert world.stored().turns == 3 and world.stored().last_uuid == "sess-1-next-a"
     texts = [e["message"]["content"] for e in world.transcript() if e["type"] == "user"]
     assert texts == ["seed", "lost prompt", "next"]
+
+
+def test_a_caught_up_turn_of_a_dirty_chat_does_not_count(world: World):
+    """A turn that failed after its agent began leaves the chat dirty: the next one resumes at
+    the last committed entry, so what the runner catches up of the failed turn is no turn."""
+    seed(world)
+    world.sandboxes.scripts.append(Script([
+        line("session", session_id="sess-1"), mirror("sess-1", "doomed", "half"),
+        line("error", code="agent_failed", message="the agent died")], exit_code=1))
+    assert world.turn("doomed").status_code == 502
+    assert world.stored().dirty
+    caught = json.loads(mirror("sess-1", "doomed", "half"))
+    world.sandboxes.scripts.append(Script([
+        line("session", session_id="sess-1"), json.dumps({**caught, "catch_up": True}),
+        mirror("sess-1", "next", "hi"), ok_result("sess-1", "hi")]))
+    response = world.turn("next")
+    assert world.sandboxes.runs[-1]["job"]["resume_at"]  # resumed at the committed entry
+    assert response.status_code == 200 and response.json["turn"] == 2, response.json
