@@ -170,8 +170,5 @@ def clipped(result: dict[str, Any], secrets: tuple[str, ...] = ()) -> dict[str, 
 def _without_cut_secret(text: str, secrets: tuple[str, ...]) -> str:
     """The text without a trailing beginning of a secret (8 characters or more) that a cut
     separated from the rest of it, which redact() then could not recognise."""
-    for secret in secrets:
-        for length in range(min(len(secret), len(text) + 1) - 1, 7, -1):
-            if text.endswith(secret[:length]):
-                return text[:-length] + "[redacted]"
-    return text
+    cut = _secret_start(text, secrets)
+    return text[:cut] + "[redacted]" if len(text) - cut >= 8 else text
