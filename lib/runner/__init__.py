@@ -37,6 +37,13 @@ NEEDS_INSTALL = 4  # the launcher's exit status when the runner or the agent SDK
 PYTHON_FLAGS = "-IS"  # the launcher needs no site packages and no environment of Python's
 # What makes an agent the right one for a turn, besides the runner's path (its version).
 AGENT_ENV = ("HOME", "CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+# How a relay of the warm agent's answer (the launcher's, or a backend's `call_agent`) knows it
+# is complete: the first bytes of a final line, and the status to end with after it; and the
+# line it says when the agent hangs up without one.
+FINAL_LINES = ((b'{"type": "result"', 0), (b'{"type": "restore_needed"', 3),
+               (b'{"type": "error"', 1))
+NO_RESULT = (b'{"type": "error", "code": "agent_failed", '
+             b'"message": "the warm agent ended without a result"}')
 
 
 def agent_address(runner: str, env: Mapping[str, str]) -> str:
@@ -115,14 +122,14 @@ if warm:
             *ended, rest = chunk.split(b"\\n")
             for line in ended:
                 head += line[:32]
-                for kind, code in ((b"result", 0), (b"restore_needed", 3), (b"error", 1)):
-                    if head.startswith(b'{"type": "' + kind + b'"'):
+                for start, code in FINAL_LINES:
+                    if head.startswith(start):
                         status = code
                 head = b""
             head = (head + rest[:32])[:32]
         if status is None:
-            os.write(1, b'{"type": "error", "code": "agent_failed", '
-                        b'"message": "the warm agent ended without a result"}\\n')
+            os.write(1, NO_RESULT + b"\\n")
         sys.exit(1 if status is None else status)
 os.execv(sys.executable, [sys.executable, runner] + args)
-""".replace("EXIT_STATUS", str(NEEDS_INSTALL)).replace("AGENT_ENV", repr(AGENT_ENV))
+""".replace("EXIT_STATUS", str(NEEDS_INSTALL)).replace("AGENT_ENV", repr(AGENT_ENV)).replace(
+    "FINAL_LINES", repr(FINAL_LINES)).replace("NO_RESULT", repr(NO_RESULT))

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from lib.runner import FINAL_LINES, NO_RESULT
 from lib.sandboxes import Attachment, SandboxInfo, SandboxStatus
 
 _STATE_FILE = "sandbox.json"
@@ -99,14 +100,6 @@ class LocalProcess:
         return self._stderr.read().decode(errors="replace")
 
 
-# How a warm agent's answer ends (the runner's final lines), and the status the launcher would
-# exit with after relaying it.
-_FINAL_LINES = ((b'{"type": "result"', 0), (b'{"type": "restore_needed"', 3),
-                (b'{"type": "error"', 1))
-_NO_RESULT = ('{"type": "error", "code": "agent_failed", '
-              '"message": "the warm agent ended without a result"}')
-
-
 class AgentCall:
     """A warm turn over the agent's socket: the Process port without a process. It does what
     the launcher's relay does (lib/runner): `interrupt` on the user's stop, done at the final
@@ -126,7 +119,7 @@ class AgentCall:
         try:
             for raw in self._reader:
                 yield raw.rstrip(b"\n").decode(errors="replace")
-                for head, status in _FINAL_LINES:
+                for head, status in FINAL_LINES:
                     if raw.startswith(head):
                         self._status = status
                         return
@@ -134,7 +127,7 @@ class AgentCall:
             pass
         if not self._killed.is_set():
             self._status = 1
-            yield _NO_RESULT
+            yield NO_RESULT.decode()
 
     def wait(self) -> int:
         self._kill_after.cancel()
