@@ -130,20 +130,9 @@ class S3Transcripts:
 
     def list_session_summaries(self, project_key: str) -> list[SessionSummary]:
         prefix = f"{self._project(project_key)}{_SUMMARIES}/"
-        objects = [(unquote(obj["Key"][len(prefix):-len(".json")]), obj)
-                   for obj in self._objects(prefix) if obj["Key"].endswith(".json")]
-
-        def read(item: tuple[str, dict[str, Any]]) -> SessionSummary | None:
-            session_id, obj = item
-            try:
-                fields = json.loads(self._read_object(obj["Key"]))
-            except self.client.exceptions.NoSuchKey:  # deleted since the listing
-                return None
-            return summary.summary_from(session_id, int(obj["LastModified"].timestamp() * 1000),
-                                        fields)
-
-        with ThreadPoolExecutor(max_workers=self.parallel_reads) as pool:
-            return [found for found in pool.map(read, objects) if found is not None]
+        return self.session_summaries(project_key, [
+            unquote(obj["Key"][len(prefix):-len(".json")])
+            for obj in self._objects(prefix) if obj["Key"].endswith(".json")])
 
     def session_summaries(self, project_key: str, session_ids: list[str]) -> list[SessionSummary]:
         """A GET per session (`parallel_reads` at a time), no listing."""
@@ -151,7 +140,7 @@ class S3Transcripts:
             name = self._summary({"project_key": project_key, "session_id": session_id})
             try:
                 answer = self.client.get_object(Bucket=self.bucket, Key=name)
-            except self.client.exceptions.NoSuchKey:  # none yet, or deleted
+            except self.client.exceptions.NoSuchKey:  # none yet, or deleted since a listing
                 return None
             return summary.summary_from(session_id,
                                         int(answer["LastModified"].timestamp() * 1000),
