@@ -52,10 +52,11 @@ class TranscriptMirror:
             if key.get("subpath"):
                 scoped["subpath"] = str(key["subpath"])
             entries = list(message["entries"])
-            if not key.get("subpath") and message.get("catch_up"):
-                self.recovered += prompts_in(e for e in entries if isinstance(e, dict))
-            elif not key.get("subpath"):
-                self._note(entries)
+            if not key.get("subpath"):  # the conversation's own transcript, not a subagent's
+                if message.get("catch_up"):
+                    self.recovered += prompts_in(e for e in entries if isinstance(e, dict))
+                else:
+                    self._note(entries)
         except (KeyError, TypeError) as error:
             log.error("could not mirror a transcript batch: %s", error)
             return

@@ -85,6 +85,7 @@ Emit = Callable[..., None]
 # A tool's output is sent to the client cut to this many characters (README: "Tool output");
 # the function cuts it again (lib/runner_lines.py), as it trusts nothing the sandbox prints.
 TOOL_OUTPUT_LIMIT = 4000
+TAIL_BLOCK = 64 * 1024  # the first read from the end of a local transcript (uncommitted)
 
 
 def emit(kind: str, **fields: Any) -> None:
@@ -181,8 +182,6 @@ def uncommitted(path: Path, committed: str | None) -> list[dict[str, Any]] | Non
         return None
     return None
 
-
-TAIL_BLOCK = 64 * 1024
 
 
 def entries_after(data: bytes, uuid: str) -> list[dict[str, Any]] | None:
